@@ -1,0 +1,227 @@
+//! Running commands: argv or shell string, environment, working directory,
+//! stdin bytes, optional pseudo-terminal, timeout and cancellation.
+//!
+//! Theory of operation:
+//! 1. The command starts as the leader of a new session, so its whole
+//!    process group can be killed at once, and with PDEATHSIG so it dies
+//!    with the agent.
+//! 2. One thread per output stream reads it. Output accumulates up to
+//!    [`CHUNK`]; a full chunk is streamed to the controller under credit, so
+//!    a command that prints gigabytes only ever holds a window's worth.
+//! 3. A watchdog thread waits for the command to finish, the request to be
+//!    cancelled, or the timeout; on the latter two it kills the process
+//!    group.
+//! 4. The reply carries the exit status and whatever output was not yet
+//!    streamed.
+
+use crate::ctl::{self, Control, Watch};
+use crate::{io_error, out, sys};
+use spindle_protocol::{
+    Blob, Command, ErrorKind, Exec, ExecResult, FromAgent, RequestId, StreamKind, WireError, CHUNK,
+};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{self, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Stack of the small helper threads (readers, writer, watchdog).
+const HELPER_STACK: usize = 64 << 10;
+
+fn running() -> MutexGuard<'static, HashSet<u32>> {
+    static RUNNING: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
+    RUNNING
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills the process group of every command still running.
+pub fn kill_all() {
+    for &pgid in running().iter() {
+        sys::kill_group(pgid);
+    }
+}
+
+pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, WireError> {
+    let mut cmd = match &req.command {
+        Command::Argv(argv) => {
+            let (prog, args) = argv
+                .split_first()
+                .ok_or_else(|| WireError::new(ErrorKind::InvalidInput, "empty argv"))?;
+            let mut c = process::Command::new(prog);
+            c.args(args);
+            c
+        }
+        Command::Shell(script) => {
+            let mut c = process::Command::new("/bin/sh");
+            c.arg("-c").arg(script);
+            c
+        }
+    };
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
+    let stdin_bytes = req.stdin.map(Blob::into_inner);
+
+    // With a pty, the child's three standard streams are the terminal and
+    // we talk to its master side; otherwise plain pipes.
+    let mut pty_master = None;
+    if req.pty {
+        let (master, slave) =
+            sys::openpty().map_err(|e| io_error("opening a pseudo-terminal", e))?;
+        let dup = |s: &std::os::fd::OwnedFd| {
+            s.try_clone()
+                .map_err(|e| io_error("duplicating the terminal", e))
+        };
+        cmd.stdin(Stdio::from(dup(&slave)?));
+        cmd.stdout(Stdio::from(dup(&slave)?));
+        cmd.stderr(Stdio::from(slave));
+        pty_master = Some(File::from(master));
+    } else {
+        cmd.stdin(if stdin_bytes.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped());
+        cmd.stderr(Stdio::piped());
+    }
+    sys::own_session(&mut cmd, req.pty);
+
+    let what = describe(&req.command);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| io_error(format_args!("running {what}"), e))?;
+    // The slave ends live only in the child now.
+    drop(cmd);
+    let pgid = child.id();
+    running().insert(pgid);
+
+    let deadline = req
+        .timeout_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let outcome = thread::scope(|s| {
+        let watchdog = spawn_in(s, || {
+            let w = control.watch(deadline);
+            if w != Watch::Finished {
+                sys::kill_group(pgid);
+            }
+            w
+        });
+
+        let (stdout_src, stderr_src, stdin_dst): (File, Option<File>, Option<File>) =
+            match pty_master {
+                Some(master) => {
+                    let writer = master.try_clone().ok();
+                    (master, None, stdin_bytes.as_ref().and(writer))
+                }
+                None => (
+                    // Present: both were configured as pipes above.
+                    File::from(std::os::fd::OwnedFd::from(
+                        child.stdout.take().expect("piped stdout"),
+                    )),
+                    child
+                        .stderr
+                        .take()
+                        .map(|e| File::from(std::os::fd::OwnedFd::from(e))),
+                    child
+                        .stdin
+                        .take()
+                        .map(|i| File::from(std::os::fd::OwnedFd::from(i))),
+                ),
+            };
+        if let (Some(mut dst), Some(bytes)) = (stdin_dst, stdin_bytes.as_deref()) {
+            spawn_in(s, move || {
+                // A command that exits without reading its stdin is normal.
+                let _ = dst.write_all(bytes);
+            });
+        }
+        let stderr =
+            stderr_src.map(|src| spawn_in(s, move || pump(id, StreamKind::Stderr, src, control)));
+        let stdout = pump(id, StreamKind::Stdout, stdout_src, control);
+        let stderr = stderr.map(|h| h.join().unwrap_or(Ok(Vec::new())));
+        let status = child.wait();
+        control.finish();
+        let watch = watchdog.join().unwrap_or(Watch::Finished);
+        (stdout, stderr, status, watch)
+    });
+    running().remove(&pgid);
+    let (stdout, stderr, status, watch) = outcome;
+
+    if watch == Watch::Cancelled {
+        return Err(ctl::cancelled());
+    }
+    let status = status.map_err(|e| io_error(format_args!("waiting for {what}"), e))?;
+    Ok(ExecResult {
+        code: status.code(),
+        signal: status.signal(),
+        timed_out: watch == Watch::TimedOut,
+        stdout: stdout?.into(),
+        stderr: stderr.transpose()?.unwrap_or_default().into(),
+    })
+}
+
+fn spawn_in<'scope, T: Send + 'scope>(
+    s: &'scope thread::Scope<'scope, '_>,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> thread::ScopedJoinHandle<'scope, T> {
+    thread::Builder::new()
+        .stack_size(HELPER_STACK)
+        .spawn_scoped(s, f)
+        // Thread creation fails only when the process is out of resources;
+        // the agent cannot do anything useful then.
+        .expect("spawning a helper thread")
+}
+
+/// Reads `src` to its end. Full chunks are streamed as they fill; the
+/// remainder is returned for the reply. After cancellation output is read
+/// and dropped so the command is never blocked on a full pipe.
+fn pump(
+    id: RequestId,
+    kind: StreamKind,
+    mut src: File,
+    control: &Control,
+) -> Result<Vec<u8>, WireError> {
+    let mut buf = Vec::with_capacity(8192);
+    let mut scratch = vec![0u8; 64 << 10];
+    loop {
+        let n = match src.read(&mut scratch) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A pseudo-terminal master reports EIO once every slave closed.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => return Err(io_error("reading command output", e)),
+        };
+        buf.extend_from_slice(&scratch[..n]);
+        while buf.len() >= CHUNK {
+            let rest = buf.split_off(CHUNK);
+            let chunk = std::mem::replace(&mut buf, rest);
+            if control.take().is_ok() {
+                out::out().send(FromAgent::Stream {
+                    id,
+                    kind,
+                    data: chunk.into(),
+                });
+            }
+        }
+    }
+    Ok(buf)
+}
+
+fn describe(cmd: &Command) -> String {
+    let s = match cmd {
+        Command::Argv(argv) => argv.join(" "),
+        Command::Shell(s) => s.clone(),
+    };
+    let mut short: String = s.chars().take(60).collect();
+    if short.len() < s.len() {
+        short.push('…');
+    }
+    format!("{short:?}")
+}

@@ -1,0 +1,230 @@
+//! Spindle's agent: a small static binary that runs from memory on a target
+//! host, reads request frames on stdin and writes reply frames on stdout.
+//!
+//! Threads, not an async runtime: every dependency ships to every host, and
+//! blocking IO on one thread per request keeps the binary small and the code
+//! plain. Structure:
+//! - the main thread reads frames ([`dispatch`]) and never blocks on work;
+//! - one writer thread alone owns stdout ([`out`]);
+//! - each request runs on its own worker thread, at most [`MAX_REQUESTS`]
+//!   at once, with a [`ctl::Control`] the dispatcher uses to grant stream
+//!   credit and cancel it.
+//!
+//! When stdin closes (the controller went away) or a malformed frame arrives,
+//! the agent kills every command it started, removes its temporary
+//! directories and exits.
+
+mod ctl;
+mod exec;
+mod files;
+mod hello;
+mod out;
+mod sys;
+
+use ctl::{Control, Data, DataTx};
+use spindle_protocol::{
+    frame, ErrorKind, FromAgent, LogLevel, Reply, Request, RequestId, ToAgent, WireError, WINDOW,
+};
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// Requests running at once before new ones are refused as `busy`. Far above
+/// what a controller sends to one host, low enough to bound threads.
+const MAX_REQUESTS: usize = 1024;
+
+/// Stack of a worker thread: workers keep their buffers on the heap.
+const WORKER_STACK: usize = 256 << 10;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        // The shell bootstrap checks that its directory allows exec.
+        Some("--probe") => return,
+        // The shell bootstrap ran us from a private temporary directory:
+        // remove it before anything else so nothing stays on disk.
+        Some("--unlink") => {
+            if let Some(dir) = args.next() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        _ => {}
+    }
+    sys::close_extra_fds();
+    let _ = UMASK.set(sys::umask());
+    let (stdin, stdout) = sys::stdio_files();
+    out::start(stdout);
+    out::out().send(FromAgent::Hello(hello::hello()));
+    let result = dispatch(BufReader::with_capacity(1 << 18, stdin));
+    if let Err(e) = &result {
+        out::log(LogLevel::Error, format!("closing: {e}"));
+    }
+    shutdown(if result.is_ok() { 0 } else { 1 });
+}
+
+/// The process umask, read once at start-up while single-threaded.
+pub static UMASK: OnceLock<u32> = OnceLock::new();
+
+/// A running request as the dispatcher sees it.
+struct Entry {
+    control: Arc<Control>,
+    /// Where upload data for this request goes, if it takes any.
+    data: Option<DataTx>,
+}
+
+fn registry() -> MutexGuard<'static, HashMap<RequestId, Entry>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<RequestId, Entry>>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads frames until EOF. Returns an error for a malformed frame, after
+/// which the connection must be dropped.
+fn dispatch(mut input: impl Read) -> io::Result<()> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    loop {
+        match input.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let len = frame::body_len(header).map_err(invalid)?;
+        let mut body = vec![0; len];
+        input.read_exact(&mut body)?;
+        let msg: ToAgent = frame::decode_body(&body).map_err(invalid)?;
+        handle(msg);
+    }
+}
+
+fn invalid(e: frame::FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+fn handle(msg: ToAgent) {
+    match msg {
+        ToAgent::Call { id, req } => start(id, req),
+        ToAgent::Data { id, data, eof } => {
+            let reg = registry();
+            if let Some(tx) = reg.get(&id).and_then(|e| e.data.as_ref()) {
+                // The controller may not exceed the window, so the channel
+                // (sized to it) never fills; if it does, the upload fails.
+                if tx.try_send(Data { data, eof }).is_err() {
+                    reg[&id].control.cancel();
+                    out::log(
+                        LogLevel::Error,
+                        format!("request {id}: upload exceeded its window"),
+                    );
+                }
+            }
+        }
+        ToAgent::Ack { id, frames } => {
+            if let Some(e) = registry().get(&id) {
+                e.control.grant(frames);
+            }
+        }
+        ToAgent::Cancel { id } => {
+            if let Some(e) = registry().get_mut(&id) {
+                e.control.cancel();
+                // Wakes an upload waiting for data.
+                e.data = None;
+            }
+        }
+    }
+}
+
+fn start(id: RequestId, req: Request) {
+    let control = Arc::new(Control::new(WINDOW));
+    let (data, data_rx) = match req {
+        Request::Put(ref p) if p.data.is_none() => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(WINDOW as usize);
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
+    {
+        let mut reg = registry();
+        if reg.len() >= MAX_REQUESTS {
+            drop(reg);
+            let busy = WireError::new(ErrorKind::Busy, "too many requests in flight");
+            return finish(id, Err(busy));
+        }
+        if reg.contains_key(&id) {
+            drop(reg);
+            let dup = WireError::new(ErrorKind::Protocol, format!("request id {id} is in use"));
+            return finish(id, Err(dup));
+        }
+        reg.insert(
+            id,
+            Entry {
+                control: control.clone(),
+                data,
+            },
+        );
+    }
+    let spawned = std::thread::Builder::new()
+        .stack_size(WORKER_STACK)
+        .spawn(move || {
+            let result = run(id, req, &control, data_rx);
+            registry().remove(&id);
+            finish(id, result);
+        });
+    if let Err(e) = spawned {
+        registry().remove(&id);
+        finish(
+            id,
+            Err(WireError::new(
+                ErrorKind::Busy,
+                format!("cannot start a thread: {e}"),
+            )),
+        );
+    }
+}
+
+fn run(
+    id: RequestId,
+    req: Request,
+    control: &Control,
+    data: Option<ctl::DataRx>,
+) -> Result<Reply, WireError> {
+    match req {
+        Request::Ping(_) => Ok(Reply::Pong(Default::default())),
+        Request::Exec(e) => exec::run(id, e, control).map(Reply::Exec),
+        Request::Put(p) => files::put(id, p, control, data).map(Reply::Put),
+        Request::Fetch(f) => files::fetch(id, f, control).map(Reply::Fetch),
+        Request::Stat(s) => files::stat(s).map(Reply::Stat),
+        Request::MakeTempDir(t) => files::make_temp_dir(t).map(Reply::TempDir),
+        Request::RemoveTempDir(t) => files::remove_temp_dir(t).map(Reply::Removed),
+    }
+}
+
+fn finish(id: RequestId, result: Result<Reply, WireError>) {
+    out::out().send(FromAgent::Reply { id, result });
+}
+
+/// Stops everything the agent started and exits: running commands are
+/// killed (cancelling a request kills its process group), temporary
+/// directories removed.
+pub fn shutdown(code: i32) -> ! {
+    for entry in registry().values() {
+        entry.control.cancel();
+    }
+    exec::kill_all();
+    files::remove_leftovers();
+    std::process::exit(code)
+}
+
+/// Maps an IO error onto the wire's error kinds, naming what failed.
+pub fn io_error(context: impl std::fmt::Display, e: io::Error) -> WireError {
+    let kind = match e.kind() {
+        io::ErrorKind::NotFound => ErrorKind::NotFound,
+        io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+        io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+        io::ErrorKind::TimedOut => ErrorKind::TimedOut,
+        _ if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => ErrorKind::NoSpace,
+        _ => ErrorKind::Io,
+    };
+    WireError::new(kind, format!("{context}: {e}"))
+}

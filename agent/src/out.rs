@@ -1,0 +1,99 @@
+//! The writer: one thread that alone owns stdout and turns messages into
+//! frames. Everyone else holds an [`Out`] and queues messages; the queue is
+//! bounded, so a controller that stops reading slows the agent down instead of
+//! growing its memory.
+
+use spindle_protocol::{frame, FromAgent, LogLevel};
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+
+/// Messages queued for the writer. Each streamed frame may be a full
+/// [`spindle_protocol::CHUNK`], so this bounds the queue at a few MiB.
+const QUEUE: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct Out(SyncSender<FromAgent>);
+
+static OUT: OnceLock<Out> = OnceLock::new();
+
+impl Out {
+    /// Queues a message. Fails only once the writer is gone (stdout closed),
+    /// which means the agent is shutting down anyway.
+    pub fn send(&self, msg: FromAgent) {
+        let _ = self.0.send(msg);
+    }
+}
+
+/// Starts the writer thread; it first writes the hello magic. Returns the
+/// handle to join on shutdown.
+pub fn start(stdout: File) -> JoinHandle<()> {
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    // First call: start() runs once, from main.
+    let _ = OUT.set(Out(tx));
+    std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || {
+            if let Err(e) = write_loop(stdout, rx) {
+                // stdout is gone: nobody to tell. Stop reading stdin too.
+                if e.kind() != io::ErrorKind::BrokenPipe {
+                    eprintln_quiet(&e);
+                }
+                crate::shutdown(1);
+            }
+        })
+        .expect("spawning the writer thread at start-up")
+}
+
+fn eprintln_quiet(_e: &io::Error) {
+    // The agent never writes to stderr: under sudo or ssh it may be shared
+    // with a terminal or logged. The controller notices the closed channel.
+}
+
+fn write_loop(stdout: File, rx: Receiver<FromAgent>) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout);
+    out.write_all(spindle_protocol::HELLO_MAGIC)?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    while let Ok(msg) = rx.recv() {
+        encode(&msg, &mut buf);
+        out.write_all(&buf)?;
+        // Batch whatever else is already queued into the same write.
+        while let Ok(msg) = rx.try_recv() {
+            encode(&msg, &mut buf);
+            out.write_all(&buf)?;
+        }
+        out.flush()?;
+    }
+    out.flush()
+}
+
+fn encode(msg: &FromAgent, buf: &mut Vec<u8>) {
+    buf.clear();
+    if let Err(e) = frame::encode_into(msg, buf) {
+        // Only an oversized message can fail; report that instead.
+        let note = FromAgent::Log {
+            level: LogLevel::Error,
+            message: format!("dropped an unencodable message: {e}"),
+        };
+        buf.clear();
+        // A short log message always encodes.
+        let _ = frame::encode_into(&note, buf);
+    }
+}
+
+/// The process-wide writer handle.
+pub fn out() -> &'static Out {
+    OUT.get().expect("out::start runs before any request")
+}
+
+/// Sends a log record to the controller.
+pub fn log(level: LogLevel, message: impl Into<String>) {
+    if let Some(out) = OUT.get() {
+        out.send(FromAgent::Log {
+            level,
+            message: message.into(),
+        });
+    }
+}

@@ -1,0 +1,314 @@
+//! `spindle`: try the transport by hand.
+//!
+//! ```text
+//! spindle exec [user@]host[:port] -- uname -a
+//! spindle put ./big.iso host:/srv/big.iso
+//! spindle fetch host:/etc/os-release ./os-release
+//! spindle ping host
+//! ```
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use spindle_controller::protocol::{Command as RemoteCommand, Exec, Put, StreamKind};
+use spindle_controller::{
+    AgentStore, Controller, Destination, Host, SshOptions, Target, Transport,
+};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "spindle",
+    version,
+    about = "Run commands and move files through Spindle's in-memory agent"
+)]
+struct Cli {
+    /// More logs (-v: debug, -vv: trace). SPINDLE_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(flatten)]
+    ssh: SshArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct SshArgs {
+    /// Identity file for ssh.
+    #[arg(short = 'i', long, global = true)]
+    identity: Option<PathBuf>,
+    /// An ssh option (as `ssh -o`); repeatable.
+    #[arg(short = 'o', global = true)]
+    option: Vec<String>,
+    /// An ssh config file (as `ssh -F`).
+    #[arg(short = 'F', global = true)]
+    config: Option<PathBuf>,
+    /// An extra ssh argument; repeatable.
+    #[arg(long = "ssh-arg", global = true, allow_hyphen_values = true)]
+    ssh_arg: Vec<String>,
+    /// The ssh program.
+    #[arg(long, global = true, default_value = "ssh")]
+    ssh_program: String,
+    /// Seconds allowed for connecting and for a silent link before it counts as dead.
+    #[arg(long, global = true, default_value_t = 30)]
+    timeout: u64,
+    /// Python on the target to bootstrap with (default: the target picks).
+    #[arg(long, global = true)]
+    python: Option<String>,
+    /// Directory with the agents and their manifest.
+    #[arg(long, global = true)]
+    agent_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command: `spindle exec host -- argv...`, or one argument as a shell command.
+    Exec {
+        host: String,
+        /// Run on a pseudo-terminal.
+        #[arg(long)]
+        pty: bool,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        kill_after: Option<u64>,
+        /// Print timings to stderr.
+        #[arg(long)]
+        time: bool,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Copy a local file to `host:path`, atomically.
+    Put {
+        local: PathBuf,
+        remote: String,
+        /// Permission bits for the new file, in octal (default: the local file's).
+        #[arg(long, value_parser = parse_octal)]
+        mode: Option<u32>,
+    },
+    /// Copy `host:path` to a local file, atomically.
+    Fetch { remote: String, local: PathBuf },
+    /// Connect, start the agent, and measure a round trip.
+    Ping {
+        host: String,
+        /// Round trips to time after connecting.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spindle: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("spindle: {e:#}");
+            // Like ssh: 255 when the host could not be reached.
+            let unreachable = e
+                .downcast_ref::<spindle_controller::Error>()
+                .is_some_and(|e| e.is_unreachable());
+            std::process::ExitCode::from(if unreachable { 255 } else { 1 })
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<u8> {
+    let agents = AgentStore::open(cli.ssh.agent_dir.as_deref())?;
+    let ssh = &cli.ssh;
+    let timeout = Duration::from_secs(ssh.timeout.max(1));
+    let transport = Transport::Ssh(SshOptions {
+        program: ssh.ssh_program.clone(),
+        config: ssh.config.clone(),
+        identity: ssh.identity.clone(),
+        options: ssh.option.clone(),
+        extra_args: ssh.ssh_arg.clone(),
+        connect_timeout: timeout,
+        dead_after: Some(timeout),
+    });
+    let mut controller = Controller::new(agents);
+    controller.connect_timeout = timeout;
+    let host = |spec: &str| -> Result<Arc<Host>> {
+        let dest: Destination = spec.parse().map_err(anyhow::Error::msg)?;
+        Ok(controller.host(Target {
+            transport: transport.clone(),
+            dest,
+            python: ssh.python.clone(),
+        }))
+    };
+    match cli.command {
+        Command::Exec {
+            host: h,
+            pty,
+            kill_after,
+            time,
+            argv,
+        } => {
+            let host = host(&h)?;
+            let t0 = Instant::now();
+            host.link().await?;
+            let connected = t0.elapsed();
+            let command = match argv.as_slice() {
+                [one] => RemoteCommand::Shell(one.clone()),
+                _ => RemoteCommand::Argv(argv),
+            };
+            let req = Exec {
+                command,
+                env: Vec::new(),
+                cwd: None,
+                stdin: None,
+                pty,
+                timeout_ms: kill_after.map(|s| s * 1000),
+            };
+            let t1 = Instant::now();
+            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
+            let r = host
+                .exec_with(req, |kind, data| {
+                    let res = match kind {
+                        StreamKind::Stderr => err.write_all(data),
+                        _ => out.write_all(data),
+                    };
+                    res.map_err(|e| spindle_controller::Error::local("writing output", e))
+                })
+                .await?;
+            out.flush()?;
+            if time {
+                eprintln!(
+                    "spindle: connect+bootstrap {:.1} ms, exec {:.1} ms",
+                    connected.as_secs_f64() * 1e3,
+                    t1.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            if r.timed_out {
+                eprintln!("spindle: command killed after {}s", kill_after.unwrap_or(0));
+            }
+            Ok(match (r.code, r.signal) {
+                (Some(c), _) => c as u8,
+                (None, Some(s)) => 128u8.wrapping_add(s as u8),
+                _ => 1,
+            })
+        }
+        Command::Put {
+            local,
+            remote,
+            mode,
+        } => {
+            let (h, path) = split_remote(&remote)?;
+            let host = host(h)?;
+            let t0 = Instant::now();
+            let req = Put {
+                path: path.into(),
+                mode,
+                uid: None,
+                gid: None,
+                mtime: None,
+                atime: None,
+                size: 0,
+                data: None,
+            };
+            let r = host
+                .put_file(&local, req)
+                .await
+                .with_context(|| format!("copying {} to {remote}", local.display()))?;
+            report_transfer(r.size, t0);
+            Ok(0)
+        }
+        Command::Fetch { remote, local } => {
+            let (h, path) = split_remote(&remote)?;
+            let host = host(h)?;
+            let t0 = Instant::now();
+            let r = host
+                .fetch_file(path, &local)
+                .await
+                .with_context(|| format!("copying {remote} to {}", local.display()))?;
+            report_transfer(r.size, t0);
+            Ok(0)
+        }
+        Command::Ping { host: h, count } => {
+            let host = host(&h)?;
+            let t0 = Instant::now();
+            let link = host.link().await?;
+            let boot = t0.elapsed();
+            let hello = link.hello().clone();
+            let mut rtts = Vec::new();
+            for _ in 0..count.max(1) {
+                let t = Instant::now();
+                host.ping().await?;
+                rtts.push(t.elapsed());
+            }
+            rtts.sort();
+            println!(
+                "{}: agent pid {} as {} ({}), {} python(s): {}",
+                h,
+                hello.pid,
+                hello.user,
+                hello.arch,
+                hello.pythons.len(),
+                hello.pythons.join(" ")
+            );
+            println!(
+                "bootstrap {:.1} ms, round trip median {:.3} ms over {}",
+                boot.as_secs_f64() * 1e3,
+                rtts[rtts.len() / 2].as_secs_f64() * 1e3,
+                rtts.len()
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Splits scp-style `host:path` at the first ':' outside brackets
+/// (`user@host:/p`, `[::1]:/p`). A port goes in `-o Port=N` or ssh config.
+fn split_remote(s: &str) -> Result<(&str, &str)> {
+    let search_from = if s.starts_with('[') || s.contains("@[") {
+        s.find(']').map_or(0, |i| i + 1)
+    } else {
+        0
+    };
+    let Some(colon) = s[search_from..].find(':').map(|i| i + search_from) else {
+        bail!("{s:?}: expected host:path");
+    };
+    let (h, p) = (&s[..colon], &s[colon + 1..]);
+    if h.is_empty() || p.is_empty() {
+        bail!("{s:?}: expected host:path");
+    }
+    Ok((h, p))
+}
+
+fn report_transfer(size: u64, t0: Instant) {
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "spindle: {size} bytes in {:.2} s ({:.1} MB/s)",
+        secs,
+        size as f64 / secs.max(1e-9) / 1e6
+    );
+}

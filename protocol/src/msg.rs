@@ -1,0 +1,324 @@
+//! The messages: envelopes ([`ToAgent`], [`FromAgent`]), the agent's
+//! [`Hello`], and each request type paired with its reply type through
+//! [`Call`].
+
+use crate::{Blob, WireError};
+use serde::{Deserialize, Serialize};
+
+/// Identifies one request for its whole life: its reply, its streams, its
+/// acks and its cancellation. Chosen by the controller, unique per link.
+pub type RequestId = u64;
+
+/// Everything the controller sends to an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToAgent {
+    /// Start a request. Answered by exactly one [`FromAgent::Reply`].
+    Call { id: RequestId, req: Request },
+    /// Payload of a streamed upload ([`Put`] without inline data). The
+    /// controller sends at most [`crate::WINDOW`] frames beyond those the
+    /// agent has acknowledged. `eof` marks the last frame.
+    Data {
+        id: RequestId,
+        data: Blob,
+        eof: bool,
+    },
+    /// Grants `frames` more credit for the agent's [`FromAgent::Stream`]
+    /// frames of request `id`.
+    Ack { id: RequestId, frames: u32 },
+    /// Abandon request `id`: a running command's process group is killed and
+    /// the request still gets its one reply (usually `cancelled`).
+    Cancel { id: RequestId },
+}
+
+/// Everything an agent sends to the controller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromAgent {
+    /// The first frame, right after [`crate::HELLO_MAGIC`].
+    Hello(Hello),
+    /// The final answer to request `id`.
+    Reply {
+        id: RequestId,
+        result: Result<Reply, WireError>,
+    },
+    /// Streamed output of request `id`; sent under the controller's credit
+    /// (see [`ToAgent::Ack`]) and always before that request's reply.
+    Stream {
+        id: RequestId,
+        kind: StreamKind,
+        data: Blob,
+    },
+    /// Grants `frames` more credit for the controller's [`ToAgent::Data`].
+    Ack { id: RequestId, frames: u32 },
+    /// A log record from the agent; the agent writes nothing to stderr.
+    Log { level: LogLevel, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+    File,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// What the agent says about itself and its host when it starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::VERSION`] the agent was built with.
+    pub version: u32,
+    /// Identifies the exact agent build; a controller that expects another
+    /// build pushes its own agent instead of reusing this one.
+    pub build_id: String,
+    /// Machine architecture as `uname -m` names it (`x86_64`, `aarch64`).
+    pub arch: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: String,
+    pub home: String,
+    /// Python interpreters found on the host, best first.
+    pub pythons: Vec<String>,
+}
+
+/// Every request the agent understands. Each variant's payload type
+/// implements [`Call`], which names the reply it gets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Ping(Ping),
+    Exec(Exec),
+    Put(Put),
+    Fetch(Fetch),
+    Stat(Stat),
+    MakeTempDir(MakeTempDir),
+    RemoveTempDir(RemoveTempDir),
+}
+
+/// Every reply, one variant per request type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Pong(Pong),
+    Exec(ExecResult),
+    Put(PutResult),
+    Fetch(FetchResult),
+    Stat(StatResult),
+    TempDir(TempDir),
+    Removed(Removed),
+}
+
+/// A request type and the reply type it gets, tied together so callers get
+/// a typed answer: `link.call(Stat { .. })` yields a [`StatResult`].
+pub trait Call: Into<Request> {
+    type Reply;
+    /// Extracts this request's reply; `Err` gives back a reply of the wrong
+    /// type, which is a protocol violation by the peer.
+    fn reply(reply: Reply) -> Result<Self::Reply, Reply>;
+}
+
+macro_rules! pair {
+    ($($req:ident => $variant:ident($reply:ident);)*) => {$(
+        impl From<$req> for Request {
+            fn from(r: $req) -> Self {
+                Request::$req(r)
+            }
+        }
+        impl Call for $req {
+            type Reply = $reply;
+            fn reply(reply: Reply) -> Result<$reply, Reply> {
+                match reply {
+                    Reply::$variant(r) => Ok(r),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+pair! {
+    Ping => Pong(Pong);
+    Exec => Exec(ExecResult);
+    Put => Put(PutResult);
+    Fetch => Fetch(FetchResult);
+    Stat => Stat(StatResult);
+    MakeTempDir => TempDir(TempDir);
+    RemoveTempDir => Removed(Removed);
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {}
+
+/// Run a command. Output up to [`crate::CHUNK`] per stream comes back in the
+/// reply; more is streamed as [`FromAgent::Stream`] frames first, and the
+/// reply carries the remainder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    pub command: Command,
+    /// Variables set on top of the agent's environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Bytes written to the command's stdin, which is then closed. Without
+    /// it stdin is `/dev/null`.
+    #[serde(default)]
+    pub stdin: Option<Blob>,
+    /// Run on a new pseudo-terminal: stdout and stderr arrive merged as
+    /// `stdout`, as a terminal shows them.
+    #[serde(default)]
+    pub pty: bool,
+    /// Kill the command's process group after this long.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Executed directly, `argv[0]` looked up in `PATH`.
+    Argv(Vec<String>),
+    /// Run by `/bin/sh -c`.
+    Shell(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Exit code, when the command exited.
+    pub code: Option<i32>,
+    /// Terminating signal, when it was killed.
+    pub signal: Option<i32>,
+    /// True when `timeout_ms` ran out and the agent killed it.
+    pub timed_out: bool,
+    /// Output not already streamed.
+    pub stdout: Blob,
+    pub stderr: Blob,
+}
+
+/// Write a file atomically: a hidden temporary file in the destination
+/// directory receives the data, gets its mode and owner on the open file,
+/// is synced and renamed over `path`; then times are set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    pub path: String,
+    /// Permission bits. Without them an existing file keeps its mode and a
+    /// new one gets `0666 & !umask`.
+    #[serde(default)]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub mtime: Option<Timestamp>,
+    #[serde(default)]
+    pub atime: Option<Timestamp>,
+    /// Total length; the agent refuses a stream that ends short or long.
+    pub size: u64,
+    /// The whole content when it is small; otherwise `None` and the content
+    /// follows as [`ToAgent::Data`] frames.
+    #[serde(default)]
+    pub data: Option<Blob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResult {
+    pub size: u64,
+}
+
+/// Read a file; its content comes back as [`StreamKind::File`] frames.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetch {
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResult {
+    /// Bytes streamed.
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    pub path: String,
+    /// Follow a final symbolic link (`stat`) instead of describing it
+    /// (`lstat`).
+    #[serde(default)]
+    pub follow: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatResult {
+    /// `None` when nothing exists at the path.
+    pub stat: Option<FileStat>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub kind: FileKind,
+    /// Permission bits including setuid/setgid/sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    /// Target of a symbolic link.
+    pub link_target: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// Create a private (0700) temporary directory that the agent removes when
+/// it exits. Without `parent`, the first usable of `$TMPDIR`, `/tmp`,
+/// `/var/tmp`, `/usr/tmp` and the home directory is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MakeTempDir {
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TempDir {
+    pub path: String,
+}
+
+/// Remove a directory made by [`MakeTempDir`] and everything in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveTempDir {
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {}

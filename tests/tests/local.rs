@@ -1,0 +1,250 @@
+//! The agent end to end without SSH: the controller bootstraps it through a
+//! local shell (the same command line and stages as over SSH) and every
+//! operation runs for real on this machine.
+
+use spindle_controller::protocol::{Command, Exec, Put, StreamKind};
+use spindle_controller::{Controller, Destination, Host, Target, Transport};
+use spindle_tests::{agents, sha256};
+use std::sync::Arc;
+
+fn local(python: Option<&str>) -> Arc<Host> {
+    let controller = Controller::new(agents().expect("agents built"));
+    controller.host(Target {
+        transport: Transport::Local,
+        dest: Destination {
+            user: None,
+            host: "localhost".into(),
+            port: None,
+        },
+        python: python.map(str::to_owned),
+    })
+}
+
+fn shell(script: &str) -> Exec {
+    Exec {
+        command: Command::Shell(script.into()),
+        env: vec![],
+        cwd: None,
+        stdin: None,
+        pty: false,
+        timeout_ms: None,
+    }
+}
+
+#[tokio::test]
+async fn exec_output_status_env_cwd_stdin() {
+    let host = local(None);
+    let mut req = shell("cat; echo \"$FOO\" >&2; pwd; exit 3");
+    req.env = vec![("FOO".into(), "bar".into())];
+    req.cwd = Some("/usr".into());
+    req.stdin = Some(b"from stdin\n".to_vec().into());
+    let out = host.exec(req).await.unwrap();
+    assert_eq!(out.code, Some(3));
+    assert_eq!(out.stdout, b"from stdin\n/usr\n");
+    assert_eq!(out.stderr, b"bar\n");
+
+    let argv = Exec {
+        command: Command::Argv(vec![
+            "printf".into(),
+            "%s-%s".into(),
+            "a b".into(),
+            "c".into(),
+        ]),
+        ..shell("")
+    };
+    assert_eq!(host.exec(argv).await.unwrap().stdout, b"a b-c");
+
+    let killed = host.exec(shell("kill -9 $$")).await.unwrap();
+    assert_eq!((killed.code, killed.signal), (None, Some(9)));
+
+    let missing = Exec {
+        command: Command::Argv(vec!["/nonexistent/prog".into()]),
+        ..shell("")
+    };
+    let err = host.exec(missing).await.unwrap_err();
+    assert!(!err.is_unreachable(), "{err}");
+    assert!(err.to_string().contains("not found"), "{err}");
+}
+
+#[tokio::test]
+async fn pty_merges_output_and_is_a_terminal() {
+    let host = local(None);
+    let mut req = shell("tty >/dev/null && echo tty-yes; echo err >&2");
+    req.pty = true;
+    let out = host.exec(req).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tty-yes"), "{text}");
+    assert!(text.contains("err"), "{text}");
+    assert!(out.stderr.is_empty());
+}
+
+#[tokio::test]
+async fn timeout_kills_the_process_group() {
+    let host = local(None);
+    let dir = tempdir();
+    let marker = format!("{dir}/survivor");
+    let mut req = shell(&format!("(sleep 2; touch {marker}) & sleep 30"));
+    req.timeout_ms = Some(300);
+    let out = host.exec(req).await.unwrap();
+    assert!(out.timed_out);
+    assert_eq!(out.signal, Some(9));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "background child survived the kill"
+    );
+}
+
+#[tokio::test]
+async fn cancel_by_dropping_the_request_kills_it() {
+    let host = local(None);
+    let dir = tempdir();
+    let marker = format!("{dir}/survivor");
+    let req = shell(&format!("sleep 2; touch {marker}"));
+    let run = host.exec(req);
+    let cancelled = tokio::time::timeout(std::time::Duration::from_millis(500), run).await;
+    assert!(cancelled.is_err());
+    // The link stays usable and the command is gone.
+    host.ping().await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "cancelled command ran on"
+    );
+}
+
+#[tokio::test]
+async fn large_output_streams_in_order() {
+    let host = local(None);
+    // 5 MiB of numbered lines: more than the window, so credit must flow.
+    let script = "i=0; while [ $i -lt 400000 ]; do echo line-$i; i=$((i+1)); done";
+    let mut chunks = 0;
+    let mut hash_input = Vec::new();
+    host.exec_with(shell(script), |kind, data| {
+        assert_eq!(kind, StreamKind::Stdout);
+        chunks += 1;
+        hash_input.extend_from_slice(data);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let expected: String = (0..400000).map(|i| format!("line-{i}\n")).collect();
+    assert!(chunks > 2);
+    assert_eq!(sha256(&hash_input), sha256(expected.as_bytes()));
+}
+
+#[tokio::test]
+async fn put_fetch_stat_tempdir() {
+    let host = local(None);
+    let dir = host.make_temp_dir(None).await.unwrap();
+    let st = host.stat(&dir, false).await.unwrap().stat.unwrap();
+    assert_eq!(st.mode, 0o700);
+
+    for size in [0usize, 10, 128 << 10, (128 << 10) + 1, 3 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let path = format!("{dir}/f{size}");
+        let req = Put {
+            path: path.clone(),
+            mode: Some(0o640),
+            uid: None,
+            gid: None,
+            mtime: Some(spindle_controller::protocol::Timestamp {
+                secs: 1_000_000_000,
+                nanos: 5,
+            }),
+            atime: None,
+            size: 0,
+            data: None,
+        };
+        let r = host.put(&data[..], size as u64, req).await.unwrap();
+        assert_eq!(r.size, size as u64);
+        let st = host.stat(&path, true).await.unwrap().stat.unwrap();
+        assert_eq!(
+            (st.size, st.mode, st.mtime.secs),
+            (size as u64, 0o640, 1_000_000_000)
+        );
+        let mut back = Vec::new();
+        let f = host.fetch(&path, &mut back).await.unwrap();
+        assert_eq!(f.size, size as u64);
+        assert_eq!(sha256(&back), sha256(&data), "size {size}");
+    }
+    // Nothing but the files themselves: no temporary leftovers.
+    let ls = host.exec(shell(&format!("ls -A {dir}"))).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 5);
+
+    let short = Put {
+        path: format!("{dir}/short"),
+        mode: None,
+        uid: None,
+        gid: None,
+        mtime: None,
+        atime: None,
+        size: 0,
+        data: None,
+    };
+    // A source that ends before its announced size fails and leaves nothing.
+    let err = host.put(&b"abc"[..], 1 << 20, short).await.unwrap_err();
+    assert!(err.to_string().contains("source"), "{err}");
+    assert!(host
+        .stat(&format!("{dir}/short"), false)
+        .await
+        .unwrap()
+        .stat
+        .is_none());
+    let ls = host.exec(shell(&format!("ls -A {dir}"))).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ls.stdout).lines().count(),
+        5,
+        "leftover temp file"
+    );
+
+    let missing = host
+        .fetch(&format!("{dir}/nope"), Vec::new())
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("not found"), "{missing}");
+    assert!(host
+        .stat(&format!("{dir}/nope"), false)
+        .await
+        .unwrap()
+        .stat
+        .is_none());
+
+    host.remove_temp_dir(&dir).await.unwrap();
+    assert!(host.stat(&dir, false).await.unwrap().stat.is_none());
+}
+
+#[tokio::test]
+async fn put_into_missing_directory_is_a_clear_error() {
+    let host = local(None);
+    let req = Put {
+        path: "/nonexistent-dir/file".into(),
+        mode: None,
+        uid: None,
+        gid: None,
+        mtime: None,
+        atime: None,
+        size: 0,
+        data: None,
+    };
+    let err = host.put(&b"x"[..], 1, req).await.unwrap_err();
+    assert!(!err.is_unreachable());
+    assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
+}
+
+fn tempdir() -> String {
+    let d = std::env::temp_dir().join(format!(
+        "spindle-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d.display().to_string()
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
