@@ -1,0 +1,289 @@
+//! `cargo xtask bench transport`: Spindle's transport against OpenSSH, side
+//! by side in one run, at each requested RTT on the testbed.
+//!
+//! Measured per RTT: the exec round trip (Spindle `exec true` on a live
+//! link vs `ssh host true` over a ControlMaster), time to the first reply
+//! on a fresh connection (Spindle connect+bootstrap+ping vs a fresh
+//! `ssh host true`), and put/fetch throughput of one file (Spindle vs
+//! scp). Every figure is a median of several runs. The release `spindle`
+//! binary is driven as a user would; nothing is timed inside tests.
+
+use crate::{agents, cargo, testbed};
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// What to measure.
+    #[arg(value_enum)]
+    suite: Suite,
+    /// RTTs to emulate on the testbed, in ms.
+    #[arg(long, value_delimiter = ',', default_value = "0,30")]
+    rtt_ms: Vec<u32>,
+    /// Size of the transfer file in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Write the result table here (Markdown) as well as printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum Suite {
+    Transport,
+}
+
+const HOST: &str = "sp1";
+const STATE_DIR: &str = "/var/lib/spindle-testbed";
+
+pub fn run(args: Args) -> Result<()> {
+    let Suite::Transport = args.suite;
+    agents::build()?;
+    cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "spindle-controller",
+    ])?;
+    let spindle = agents::workspace_root().join("target/release/spindle");
+    let file = PathBuf::from(format!("/var/tmp/spindle-bench-{}.bin", args.size_mib));
+    make_file(&file, args.size_mib)?;
+
+    let mut table = String::new();
+    writeln!(table, "| RTT | measurement | Spindle | OpenSSH | ratio |")?;
+    writeln!(table, "|---|---|---|---|---|")?;
+    for &rtt in &args.rtt_ms {
+        testbed::run(testbed::Command::Up {
+            hosts: 4,
+            rtt_ms: rtt,
+        })?;
+        let b = Bench {
+            spindle: &spindle,
+            cfg: format!("{STATE_DIR}/ssh_config"),
+            runs: args.runs.max(1),
+        };
+        let rows = b.all(&file, args.size_mib)?;
+        for (what, ours, theirs, unit) in rows {
+            let ratio = if unit == "MB/s" {
+                ours / theirs
+            } else {
+                theirs / ours
+            };
+            writeln!(
+                table,
+                "| {rtt} ms | {what} | {ours:.2} {unit} | {theirs:.2} {unit} | {ratio:.2}x |"
+            )?;
+        }
+    }
+    if args.rtt_ms.iter().any(|&r| r != 0) {
+        testbed::run(testbed::Command::Up {
+            hosts: 4,
+            rtt_ms: 0,
+        })?;
+    }
+    println!("\n{table}");
+    println!("ratio: how many times better Spindle is (time: OpenSSH/Spindle, throughput: Spindle/OpenSSH)");
+    if let Some(out) = args.out {
+        std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}
+
+struct Bench<'a> {
+    spindle: &'a Path,
+    cfg: String,
+    runs: usize,
+}
+
+type Row = (&'static str, f64, f64, &'static str);
+
+impl Bench<'_> {
+    fn all(&self, file: &Path, size_mib: u64) -> Result<Vec<Row>> {
+        let ping = self.spindle_ping(200)?;
+        let exec_ssh = self.ssh_master_exec(50)?;
+        let first_ours = median((0..self.runs.max(5)).map(|_| Ok(self.spindle_ping(1)?.0)))?;
+        let first_ssh = median((0..self.runs.max(5)).map(|_| time(|| self.ssh(&["true"]))))?;
+        let bytes = (size_mib << 20) as f64;
+        let mbps = |secs: f64| bytes / secs / 1e6;
+        let remote = "/var/tmp/spindle-bench.bin";
+        let local_back = PathBuf::from("/var/tmp/spindle-bench-back.bin");
+        let put_ours = median((0..self.runs).map(|_| {
+            time(|| {
+                self.spindle_cmd(&[
+                    "put",
+                    &file.display().to_string(),
+                    &format!("{HOST}:{remote}"),
+                ])
+            })
+        }))?;
+        let put_scp =
+            median((0..self.runs).map(|_| {
+                time(|| self.scp(&file.display().to_string(), &format!("{HOST}:{remote}")))
+            }))?;
+        let get_ours = median((0..self.runs).map(|_| {
+            time(|| {
+                self.spindle_cmd(&[
+                    "fetch",
+                    &format!("{HOST}:{remote}"),
+                    &local_back.display().to_string(),
+                ])
+            })
+        }))?;
+        let get_scp = median((0..self.runs).map(|_| {
+            time(|| {
+                self.scp(
+                    &format!("{HOST}:{remote}"),
+                    &local_back.display().to_string(),
+                )
+            })
+        }))?;
+        let _ = std::fs::remove_file(&local_back);
+        self.ssh(&["rm", "-f", remote])?;
+        Ok(vec![
+            ("exec round trip (median)", ping.2, exec_ssh, "ms"),
+            ("ping round trip (median)", ping.1, exec_ssh, "ms"),
+            (
+                "time to first reply, fresh connection",
+                first_ours,
+                first_ssh,
+                "ms",
+            ),
+            (
+                "put throughput",
+                mbps(put_ours / 1e3),
+                mbps(put_scp / 1e3),
+                "MB/s",
+            ),
+            (
+                "fetch throughput",
+                mbps(get_ours / 1e3),
+                mbps(get_scp / 1e3),
+                "MB/s",
+            ),
+        ])
+    }
+
+    /// (bootstrap, ping median, exec median) in ms from `spindle ping --json`.
+    fn spindle_ping(&self, count: u32) -> Result<(f64, f64, f64)> {
+        let out = Command::new(self.spindle)
+            .args([
+                "-F",
+                &self.cfg,
+                "ping",
+                HOST,
+                "--json",
+                "--count",
+                &count.to_string(),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "spindle ping failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let f = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
+        Ok((
+            f("bootstrap_ms")?,
+            f("ping_median_ms")?,
+            f("exec_median_ms")?,
+        ))
+    }
+
+    /// Median of `n` `ssh host true` over one ControlMaster, in ms.
+    fn ssh_master_exec(&self, n: usize) -> Result<f64> {
+        let sock = format!("/tmp/spindle-bench-cm-{}", std::process::id());
+        let cp = format!("-oControlPath={sock}");
+        let status = Command::new("ssh")
+            .args([
+                "-F",
+                &self.cfg,
+                "-oControlMaster=yes",
+                &cp,
+                "-oControlPersist=120",
+                "-fN",
+                HOST,
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("could not start an ssh ControlMaster");
+        }
+        let result = median((0..n).map(|_| {
+            time(|| quiet(Command::new("ssh").args(["-F", &self.cfg, &cp, HOST, "true"])))
+        }));
+        let _ = Command::new("ssh")
+            .args(["-F", &self.cfg, &cp, "-Oexit", HOST])
+            .stderr(Stdio::null())
+            .status();
+        result
+    }
+
+    fn ssh(&self, cmd: &[&str]) -> Result<()> {
+        quiet(Command::new("ssh").args(["-F", &self.cfg, HOST]).args(cmd))
+    }
+
+    fn scp(&self, from: &str, to: &str) -> Result<()> {
+        quiet(Command::new("scp").args(["-q", "-F", &self.cfg, from, to]))
+    }
+
+    fn spindle_cmd(&self, args: &[&str]) -> Result<()> {
+        quiet(
+            Command::new(self.spindle)
+                .args(["-F", &self.cfg])
+                .args(args)
+                .stderr(Stdio::null()),
+        )
+    }
+}
+
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Wall time of `f` in ms.
+fn time(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn median(samples: impl Iterator<Item = Result<f64>>) -> Result<f64> {
+    let mut v = samples.collect::<Result<Vec<f64>>>()?;
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().context("no samples")
+}
+
+/// A file of incompressible bytes (ssh may compress), made once.
+fn make_file(path: &Path, size_mib: u64) -> Result<()> {
+    if path
+        .metadata()
+        .map(|m| m.len() == size_mib << 20)
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let status = Command::new("head")
+        .args(["-c", &(size_mib << 20).to_string(), "/dev/urandom"])
+        .stdout(std::fs::File::create(path)?)
+        .status()?;
+    if !status.success() {
+        bail!("writing {}", path.display());
+    }
+    Ok(())
+}
