@@ -1,0 +1,47 @@
+//! Feeds arbitrary bytes to the frame decoder as a stream reader would:
+//! decode, advance by the bytes consumed, stop at `None` or `Err`; once as
+//! `ToAgent` and once as `FromAgent`. Decoding must never panic or allocate by
+//! an unchecked length, and every decoded message must re-encode to a frame
+//! that decodes back equal.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde::{de::DeserializeOwned, Serialize};
+use spindle_protocol::frame::{self, FrameError, HEADER_LEN};
+use spindle_protocol::{FromAgent, ToAgent};
+use std::fmt::Debug;
+
+fn read_stream<T>(mut buf: &[u8])
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    while let Ok(Some((msg, used))) = frame::decode::<T>(buf) {
+        assert!(
+            (HEADER_LEN..=buf.len()).contains(&used),
+            "consumed {used} of {} bytes",
+            buf.len()
+        );
+        buf = &buf[used..];
+
+        let bytes = match frame::encode(&msg) {
+            Ok(bytes) => bytes,
+            // A compact body (structs as arrays) can grow past MAX_FRAME when
+            // re-encoded with field names; that refusal is correct.
+            Err(FrameError::TooLarge { .. }) => continue,
+            Err(e) => panic!("cannot re-encode {msg:?}: {e}"),
+        };
+        match frame::decode::<T>(&bytes) {
+            Ok(Some((back, n))) => {
+                assert_eq!(n, bytes.len(), "re-encoded frame not fully consumed");
+                assert_eq!(back, msg, "re-encoded frame decodes differently");
+            }
+            other => panic!("re-encoded {msg:?} does not decode: {other:?}"),
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    read_stream::<ToAgent>(data);
+    read_stream::<FromAgent>(data);
+});
