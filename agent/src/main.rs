@@ -212,6 +212,9 @@ pub fn shutdown(code: i32) -> ! {
     }
     exec::kill_all();
     files::remove_leftovers();
+    // Let queued frames (a closing log, say) reach the controller, but do
+    // not wait on a controller that stopped reading.
+    out::out().flush(std::time::Duration::from_secs(1));
     std::process::exit(code)
 }
 

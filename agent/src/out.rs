@@ -14,8 +14,16 @@ use std::thread::JoinHandle;
 /// [`spindle_protocol::CHUNK`], so this bounds the queue at a few MiB.
 const QUEUE: usize = 32;
 
+#[derive(Debug)]
+enum Item {
+    Frame(FromAgent),
+    /// Everything queued before this is written and flushed; then the
+    /// sender is answered.
+    Flush(SyncSender<()>),
+}
+
 #[derive(Clone, Debug)]
-pub struct Out(SyncSender<FromAgent>);
+pub struct Out(SyncSender<Item>);
 
 static OUT: OnceLock<Out> = OnceLock::new();
 
@@ -23,7 +31,15 @@ impl Out {
     /// Queues a message. Fails only once the writer is gone (stdout closed),
     /// which means the agent is shutting down anyway.
     pub fn send(&self, msg: FromAgent) {
-        let _ = self.0.send(msg);
+        let _ = self.0.send(Item::Frame(msg));
+    }
+
+    /// Waits (up to `limit`) until everything queued so far is written.
+    pub fn flush(&self, limit: std::time::Duration) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.0.send(Item::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(limit);
+        }
     }
 }
 
@@ -52,19 +68,28 @@ fn eprintln_quiet(_e: &io::Error) {
     // with a terminal or logged. The controller notices the closed channel.
 }
 
-fn write_loop(stdout: File, rx: Receiver<FromAgent>) -> io::Result<()> {
+fn write_loop(stdout: File, rx: Receiver<Item>) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout);
     out.write_all(spindle_protocol::HELLO_MAGIC)?;
     let mut buf = Vec::with_capacity(1 << 16);
-    while let Ok(msg) = rx.recv() {
-        encode(&msg, &mut buf);
-        out.write_all(&buf)?;
+    let mut flushed = Vec::new();
+    while let Ok(first) = rx.recv() {
         // Batch whatever else is already queued into the same write.
-        while let Ok(msg) = rx.try_recv() {
-            encode(&msg, &mut buf);
-            out.write_all(&buf)?;
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Item::Frame(msg) => {
+                    encode(&msg, &mut buf);
+                    out.write_all(&buf)?;
+                }
+                Item::Flush(done) => flushed.push(done),
+            }
+            next = rx.try_recv().ok();
         }
         out.flush()?;
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
     }
     out.flush()
 }

@@ -21,13 +21,16 @@ struct Entry {
     xz: String,
 }
 
+/// (architecture, compressed?)
+type CacheKey = (String, bool);
+
 /// Where the agents are and which build they are. Binaries are read on
 /// first use and kept in memory.
 #[derive(Debug)]
 pub struct AgentStore {
     dir: PathBuf,
     manifest: Manifest,
-    cache: Mutex<HashMap<(String, bool), Arc<Vec<u8>>>>,
+    cache: Mutex<HashMap<CacheKey, Arc<Vec<u8>>>>,
 }
 
 impl AgentStore {

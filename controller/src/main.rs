@@ -89,12 +89,15 @@ enum Command {
     },
     /// Copy `host:path` to a local file, atomically.
     Fetch { remote: String, local: PathBuf },
-    /// Connect, start the agent, and measure a round trip.
+    /// Connect, start the agent, and measure round trips.
     Ping {
         host: String,
-        /// Round trips to time after connecting.
+        /// Round trips to time after connecting (pings, then `true` execs).
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Print the measurements as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -253,37 +256,71 @@ async fn run(cli: Cli) -> Result<u8> {
             report_transfer(r.size, t0);
             Ok(0)
         }
-        Command::Ping { host: h, count } => {
+        Command::Ping {
+            host: h,
+            count,
+            json,
+        } => {
             let host = host(&h)?;
             let t0 = Instant::now();
             let link = host.link().await?;
             let boot = t0.elapsed();
             let hello = link.hello().clone();
-            let mut rtts = Vec::new();
-            for _ in 0..count.max(1) {
+            let count = count.max(1);
+            let mut pings = Vec::new();
+            for _ in 0..count {
                 let t = Instant::now();
                 host.ping().await?;
-                rtts.push(t.elapsed());
+                pings.push(t.elapsed());
             }
-            rtts.sort();
-            println!(
-                "{}: agent pid {} as {} ({}), {} python(s): {}",
-                h,
-                hello.pid,
-                hello.user,
-                hello.arch,
-                hello.pythons.len(),
-                hello.pythons.join(" ")
-            );
-            println!(
-                "bootstrap {:.1} ms, round trip median {:.3} ms over {}",
-                boot.as_secs_f64() * 1e3,
-                rtts[rtts.len() / 2].as_secs_f64() * 1e3,
-                rtts.len()
-            );
+            let mut execs = Vec::new();
+            for _ in 0..count {
+                let t = Instant::now();
+                let req = Exec {
+                    command: RemoteCommand::Argv(vec!["true".into()]),
+                    env: Vec::new(),
+                    cwd: None,
+                    stdin: None,
+                    pty: false,
+                    timeout_ms: None,
+                };
+                host.exec(req).await?;
+                execs.push(t.elapsed());
+            }
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let (ping, exec) = (ms(median(&mut pings)), ms(median(&mut execs)));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "bootstrap_ms": ms(boot),
+                        "ping_median_ms": ping,
+                        "exec_median_ms": exec,
+                        "count": count,
+                        "arch": hello.arch,
+                    })
+                );
+            } else {
+                println!(
+                    "{h}: agent pid {} as {} ({}), pythons: {}",
+                    hello.pid,
+                    hello.user,
+                    hello.arch,
+                    hello.pythons.join(" ")
+                );
+                println!(
+                    "bootstrap {:.1} ms; medians over {count}: ping {ping:.3} ms, exec true {exec:.3} ms",
+                    ms(boot)
+                );
+            }
             Ok(0)
         }
     }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 /// Splits scp-style `host:path` at the first ':' outside brackets

@@ -120,10 +120,15 @@ impl TestHost {
         Ok(f)
     }
 
-    /// Logins sshd has accepted so far.
+    /// Logins sshd has accepted so far (its "Accepted publickey for" or
+    /// "Accepted password for" lines; VERBOSE logging adds other
+    /// "Accepted key" lines per attempt).
     pub fn auth_count(&self) -> Result<usize> {
         let log = std::fs::read_to_string(&self.sshd_log)?;
-        Ok(log.lines().filter(|l| l.contains("Accepted ")).count())
+        let login = |l: &&str| {
+            l.contains("Accepted publickey for ") || l.contains("Accepted password for ")
+        };
+        Ok(log.lines().filter(login).count())
     }
 
     /// Processes running inside this host (sharing its sshd's mount
@@ -218,4 +223,39 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, u64>) -> Result<()>
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Peak resident memory of a finished child, from wait4's rusage, in KiB.
+#[allow(unsafe_code)]
+pub fn run_measuring_rss(
+    cmd: &mut std::process::Command,
+) -> Result<(std::process::ExitStatus, u64)> {
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our un-waited child; status and usage are valid.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    anyhow::ensure!(
+        rc == pid,
+        "wait4 failed: {}",
+        std::io::Error::last_os_error()
+    );
+    std::mem::forget(child);
+    use std::os::unix::process::ExitStatusExt;
+    Ok((
+        std::process::ExitStatus::from_raw(status),
+        usage.ru_maxrss as u64,
+    ))
+}
+
+/// Peak resident memory of a running process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }

@@ -1,0 +1,191 @@
+//! The agent binaries driven directly through their protocol, without SSH:
+//! how they treat malformed input, and proof that the aarch64 build runs
+//! (under `qemu-aarch64-static`).
+
+use spindle_controller::protocol::{
+    frame, Command, Exec, FromAgent, Ping, Reply, Request, ToAgent, HELLO_MAGIC,
+};
+use spindle_tests::agents_dir;
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdout, Command as Cmd, Stdio};
+use std::time::Duration;
+
+fn spawn(arch: &str) -> Child {
+    let bin = agents_dir().join(format!("spindle-agent-{arch}"));
+    let mut cmd = if arch == "x86_64" {
+        Cmd::new(&bin)
+    } else {
+        let mut c = Cmd::new("qemu-aarch64-static");
+        c.arg(&bin);
+        c
+    };
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running the {arch} agent ({}): {e}", bin.display()))
+}
+
+fn read_frame(out: &mut ChildStdout) -> Option<FromAgent> {
+    let mut header = [0u8; 4];
+    out.read_exact(&mut header).ok()?;
+    let mut body = vec![0; frame::body_len(header).expect("agent frame within limits")];
+    out.read_exact(&mut body).ok()?;
+    Some(frame::decode_body(&body).expect("agent frame decodes"))
+}
+
+fn hello(child: &mut Child) -> spindle_controller::protocol::Hello {
+    let out = child.stdout.as_mut().unwrap();
+    let mut magic = vec![0u8; HELLO_MAGIC.len()];
+    out.read_exact(&mut magic).unwrap();
+    assert_eq!(magic, HELLO_MAGIC);
+    match read_frame(out) {
+        Some(FromAgent::Hello(h)) => h,
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+fn send(child: &mut Child, msg: &ToAgent) {
+    let bytes = frame::encode(msg).unwrap();
+    child.stdin.as_mut().unwrap().write_all(&bytes).unwrap();
+}
+
+/// Reads frames until the reply to `id`, skipping logs.
+fn reply(child: &mut Child, id: u64) -> Reply {
+    loop {
+        match read_frame(child.stdout.as_mut().unwrap()) {
+            Some(FromAgent::Reply { id: got, result }) if got == id => return result.unwrap(),
+            Some(FromAgent::Log { .. }) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("agent did not exit");
+}
+
+fn expect_closing_log(child: &mut Child, needle: &str) {
+    let mut saw = Vec::new();
+    while let Some(msg) = read_frame(child.stdout.as_mut().unwrap()) {
+        if let FromAgent::Log { message, .. } = &msg {
+            if message.contains(needle) {
+                return;
+            }
+        }
+        saw.push(msg);
+    }
+    panic!("no log containing {needle:?}; saw {saw:?}");
+}
+
+#[test]
+fn malformed_frame_closes_the_agent_with_a_clear_log() {
+    let mut child = spawn("x86_64");
+    hello(&mut child);
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&[0, 0, 0, 3, 0xc1, 0xc1, 0xc1])
+        .unwrap();
+    expect_closing_log(&mut child, "malformed frame");
+    assert_eq!(wait_exit(&mut child).code(), Some(1));
+}
+
+#[test]
+fn oversized_frame_is_refused_without_reading_it() {
+    let mut child = spawn("x86_64");
+    hello(&mut child);
+    // Announce 4 GiB and then keep the pipe open: the agent must not wait
+    // for (or allocate) the body.
+    child.stdin.as_mut().unwrap().write_all(&[0xff; 4]).unwrap();
+    expect_closing_log(&mut child, "exceeds");
+    assert_eq!(wait_exit(&mut child).code(), Some(1));
+}
+
+#[test]
+fn eof_ends_the_agent_and_its_commands() {
+    let mut child = spawn("x86_64");
+    hello(&mut child);
+    let marker = std::env::temp_dir().join(format!("spindle-eof-{}", std::process::id()));
+    let req = Exec {
+        command: Command::Shell(format!("sleep 2; touch {}", marker.display())),
+        env: vec![],
+        cwd: None,
+        stdin: None,
+        pty: false,
+        timeout_ms: None,
+    };
+    send(
+        &mut child,
+        &ToAgent::Call {
+            id: 1,
+            req: Request::Exec(req),
+        },
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    drop(child.stdin.take());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!marker.exists(), "a command outlived the agent");
+}
+
+#[test]
+fn unknown_request_id_traffic_is_ignored() {
+    let mut child = spawn("x86_64");
+    hello(&mut child);
+    send(&mut child, &ToAgent::Ack { id: 99, frames: 3 });
+    send(&mut child, &ToAgent::Cancel { id: 98 });
+    send(
+        &mut child,
+        &ToAgent::Call {
+            id: 1,
+            req: Request::Ping(Ping {}),
+        },
+    );
+    assert!(matches!(reply(&mut child, 1), Reply::Pong(_)));
+}
+
+/// The aarch64 agent really runs: hello, ping and a command, under qemu.
+#[test]
+fn aarch64_agent_runs_under_qemu() {
+    let mut child = spawn("aarch64");
+    let h = hello(&mut child);
+    assert_eq!(h.arch, "aarch64");
+    send(
+        &mut child,
+        &ToAgent::Call {
+            id: 1,
+            req: Request::Ping(Ping {}),
+        },
+    );
+    assert!(matches!(reply(&mut child, 1), Reply::Pong(_)));
+    let req = Exec {
+        command: Command::Argv(vec!["echo".into(), "from-aarch64".into()]),
+        env: vec![],
+        cwd: None,
+        stdin: None,
+        pty: false,
+        timeout_ms: None,
+    };
+    send(
+        &mut child,
+        &ToAgent::Call {
+            id: 2,
+            req: Request::Exec(req),
+        },
+    );
+    match reply(&mut child, 2) {
+        Reply::Exec(r) => assert_eq!(r.stdout.as_ref(), b"from-aarch64\n"),
+        other => panic!("{other:?}"),
+    }
+    drop(child.stdin.take());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+}
