@@ -12,7 +12,7 @@ pub enum Error {
     #[error("{host}: unreachable: {reason}")]
     Unreachable { host: String, reason: String },
     /// The agent ran the request and it failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Remote(#[from] WireError),
     /// Something on the controller's side failed (a local file, say).
     #[error("{0}")]

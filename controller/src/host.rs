@@ -110,9 +110,12 @@ impl Host {
         Ok(link)
     }
 
-    /// Drops the link; the agent ends when its transport closes.
+    /// Closes the link, failing requests still in flight; the agent ends
+    /// and takes the commands it runs with it. The next request reconnects.
     pub async fn disconnect(&self) {
-        self.link.lock().await.take();
+        if let Some(link) = self.link.lock().await.take() {
+            link.close();
+        }
     }
 
     pub async fn ping(&self) -> Result<()> {

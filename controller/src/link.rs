@@ -67,6 +67,8 @@ struct Shared {
     table: Mutex<Table>,
     writer: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
+    /// Tells the writer to close the agent's stdin.
+    close: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -210,6 +212,7 @@ impl Link {
             table: Mutex::default(),
             writer,
             next_id: AtomicU64::new(1),
+            close: tokio::sync::Notify::new(),
         });
         tokio::spawn(write_loop(stdin, queue, shared.clone()).in_current_span());
         tokio::spawn(read_loop(stdout, rest, shared.clone(), stderr_tail).in_current_span());
@@ -226,6 +229,14 @@ impl Link {
 
     pub fn host(&self) -> &str {
         &self.shared.host
+    }
+
+    /// Closes the link: requests in flight fail as unreachable at once, and
+    /// the agent's stdin is closed, which ends it and every command it
+    /// still runs.
+    pub fn close(&self) {
+        self.shared.die("disconnected".into());
+        self.shared.close.notify_one();
     }
 
     /// True once the agent or its transport is gone.
@@ -520,7 +531,15 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
-    while let Some(first) = queue.recv().await {
+    loop {
+        let first = tokio::select! {
+            msg = queue.recv() => match msg {
+                Some(m) => m,
+                None => return,
+            },
+            // Dropping stdin is the agent's signal to end.
+            () = shared.close.notified() => return,
+        };
         let mut res = stdin.write_all(&first).await;
         // Batch what else is queued before flushing.
         while res.is_ok() {

@@ -225,29 +225,24 @@ pub fn sha256(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-/// Peak resident memory of a finished child, from wait4's rusage, in KiB.
-#[allow(unsafe_code)]
-pub fn run_measuring_rss(
-    cmd: &mut std::process::Command,
-) -> Result<(std::process::ExitStatus, u64)> {
-    let child = cmd.spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our un-waited child; status and usage are valid.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    anyhow::ensure!(
-        rc == pid,
-        "wait4 failed: {}",
-        std::io::Error::last_os_error()
-    );
-    std::mem::forget(child);
-    use std::os::unix::process::ExitStatusExt;
-    Ok((
-        std::process::ExitStatus::from_raw(status),
-        usage.ru_maxrss as u64,
-    ))
+/// Runs a command to completion, sampling its peak resident memory
+/// (`VmHWM`) while it runs; returns its status and the peak in KiB.
+///
+/// Sampled rather than taken from `wait4`'s rusage: a child's `ru_maxrss`
+/// includes the forking parent's memory from before `exec`, which would
+/// charge the test process's own footprint to the child.
+pub fn run_measuring_rss(cmd: &mut std::process::Command) -> Result<(std::process::ExitStatus, u64)> {
+    let mut child = cmd.spawn()?;
+    let mut peak = 0;
+    loop {
+        if let Ok(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, peak));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Peak resident memory of a running process, in KiB.

@@ -328,30 +328,39 @@ async fn readers_never_see_partial_puts() -> Result<()> {
 }
 
 /// SIGKILL the agent mid-request: the request fails promptly as
-/// unreachable, the next one reconnects.
+/// unreachable, the command it ran dies with it, and the next request
+/// reconnects.
 #[tokio::test]
 async fn killed_agent_fails_in_flight_requests_and_reconnects() -> Result<()> {
     let tb = Testbed::load()?;
+    let th = tb.host("sp1")?;
+    let _lock = th.lock()?;
     let host = tb.connect("sp1")?;
     let pid = host.link().await?.hello().pid;
     let slow = {
         let host = host.clone();
-        tokio::spawn(async move { host.exec(shell("sleep 30")).await })
+        let req = Exec {
+            command: Command::Argv(vec!["sleep".into(), "31".into()]),
+            ..shell("")
+        };
+        tokio::spawn(async move { host.exec(req).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let sleeping = |procs: Vec<(u32, String)>| procs.into_iter().any(|(_, cmd)| cmd == "sleep 31");
+    assert!(sleeping(th.processes_of(LOGIN_UID)?));
     let t0 = Instant::now();
     // The testbed shares our pid namespace, so the hello's pid is killable.
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()?;
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
     // A hang guard, not a performance assertion.
-    let err = tokio::time::timeout(Duration::from_secs(20), slow)
-        .await??
-        .unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(20), slow).await??.unwrap_err();
     eprintln!("in-flight request failed after {:?}: {err}", t0.elapsed());
     assert!(err.is_unreachable(), "{err}");
+    // The agent's direct child dies with it (parent-death signal).
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!sleeping(th.processes_of(LOGIN_UID)?), "the command outlived its agent");
     host.ping().await?;
     assert_ne!(host.link().await?.hello().pid, pid);
+    host.disconnect().await;
     Ok(())
 }
 
