@@ -231,7 +231,9 @@ pub fn sha256(data: &[u8]) -> String {
 /// Sampled rather than taken from `wait4`'s rusage: a child's `ru_maxrss`
 /// includes the forking parent's memory from before `exec`, which would
 /// charge the test process's own footprint to the child.
-pub fn run_measuring_rss(cmd: &mut std::process::Command) -> Result<(std::process::ExitStatus, u64)> {
+pub fn run_measuring_rss(
+    cmd: &mut std::process::Command,
+) -> Result<(std::process::ExitStatus, u64)> {
     let mut child = cmd.spawn()?;
     let mut peak = 0;
     loop {

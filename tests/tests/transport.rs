@@ -350,14 +350,21 @@ async fn killed_agent_fails_in_flight_requests_and_reconnects() -> Result<()> {
     assert!(sleeping(th.processes_of(LOGIN_UID)?));
     let t0 = Instant::now();
     // The testbed shares our pid namespace, so the hello's pid is killable.
-    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
     // A hang guard, not a performance assertion.
-    let err = tokio::time::timeout(Duration::from_secs(20), slow).await??.unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(20), slow)
+        .await??
+        .unwrap_err();
     eprintln!("in-flight request failed after {:?}: {err}", t0.elapsed());
     assert!(err.is_unreachable(), "{err}");
     // The agent's direct child dies with it (parent-death signal).
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!sleeping(th.processes_of(LOGIN_UID)?), "the command outlived its agent");
+    assert!(
+        !sleeping(th.processes_of(LOGIN_UID)?),
+        "the command outlived its agent"
+    );
     host.ping().await?;
     assert_ne!(host.link().await?.hello().pid, pid);
     host.disconnect().await;
