@@ -107,6 +107,15 @@ async fn thousand_sequential_and_two_hundred_concurrent_execs_one_login() -> Res
     let _lock = th.lock()?;
     let logins = th.auth_count()?;
     let host = tb.connect("sp3")?;
+    // Concurrent first requests share one connection attempt.
+    let mut first = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let host = host.clone();
+        first.spawn(async move { host.ping().await });
+    }
+    while let Some(r) = first.join_next().await {
+        r??;
+    }
     for i in 0..1000 {
         let req = Exec {
             command: Command::Argv(vec!["echo".into(), format!("seq-{i}")]),
