@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 /// Stack of the small helper threads (readers, writer, watchdog).
 const HELPER_STACK: usize = 64 << 10;
 
-fn running() -> MutexGuard<'static, HashSet<u32>> {
+/// Process groups of everything running for a request (commands, module
+/// children, interpreters): killed when the agent shuts down.
+pub fn running() -> MutexGuard<'static, HashSet<u32>> {
     static RUNNING: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
     RUNNING
         .get_or_init(Default::default)
@@ -141,28 +143,58 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
                 let _ = dst.write_all(bytes);
             });
         }
-        let stderr =
-            stderr_src.map(|src| spawn_in(s, move || pump(id, StreamKind::Stderr, src, control)));
-        let stdout = pump(id, StreamKind::Stdout, stdout_src, control);
-        let stderr = stderr.map(|h| h.join().unwrap_or(Ok(Vec::new())));
-        let status = child.wait();
+        let output = collect(s, id, stdout_src, stderr_src, control);
+        let status = child
+            .wait()
+            .map(|st| (st.code(), st.signal()))
+            .map_err(|e| io_error(format_args!("waiting for {what}"), e));
         control.finish();
         let watch = watchdog.join().unwrap_or(Watch::Finished);
-        (stdout, stderr, status, watch)
+        (output, watch, status)
     });
     running().remove(&pgid);
-    let (stdout, stderr, status, watch) = outcome;
+    let (output, watch, status) = outcome;
+    result(output, watch, status)
+}
 
+/// Output of a finished command: (stdout, stderr) not yet streamed.
+pub type Output = (Result<Vec<u8>, WireError>, Result<Vec<u8>, WireError>);
+
+/// Reads a command's stdout here and its stderr (if separate) on a helper
+/// thread, both to their end.
+pub fn collect<'scope>(
+    s: &'scope thread::Scope<'scope, '_>,
+    id: RequestId,
+    stdout: File,
+    stderr: Option<File>,
+    control: &'scope Control,
+) -> Output {
+    let stderr = stderr.map(|src| spawn_in(s, move || pump(id, StreamKind::Stderr, src, control)));
+    let stdout = pump(id, StreamKind::Stdout, stdout, control);
+    let stderr = match stderr {
+        Some(h) => h.join().unwrap_or(Ok(Vec::new())),
+        None => Ok(Vec::new()),
+    };
+    (stdout, stderr)
+}
+
+/// Builds the reply from what [`collect`] read, the watchdog's verdict and
+/// the exit status (code, signal).
+pub fn result(
+    output: Output,
+    watch: Watch,
+    status: Result<(Option<i32>, Option<i32>), WireError>,
+) -> Result<ExecResult, WireError> {
     if watch == Watch::Cancelled {
         return Err(ctl::cancelled());
     }
-    let status = status.map_err(|e| io_error(format_args!("waiting for {what}"), e))?;
+    let (code, signal) = status?;
     Ok(ExecResult {
-        code: status.code(),
-        signal: status.signal(),
+        code,
+        signal,
         timed_out: watch == Watch::TimedOut,
-        stdout: stdout?.into(),
-        stderr: stderr.transpose()?.unwrap_or_default().into(),
+        stdout: output.0?.into(),
+        stderr: output.1?.into(),
     })
 }
 

@@ -19,6 +19,7 @@ mod exec;
 mod files;
 mod hello;
 mod out;
+mod python;
 mod sys;
 
 use ctl::{Control, Data, DataTx};
@@ -196,6 +197,7 @@ fn run(
         Request::Stat(s) => files::stat(s).map(Reply::Stat),
         Request::MakeTempDir(t) => files::make_temp_dir(t).map(Reply::TempDir),
         Request::RemoveTempDir(t) => files::remove_temp_dir(t).map(Reply::Removed),
+        Request::RunModule(m) => python::run(id, m, control).map(Reply::Exec),
     }
 }
 
@@ -211,6 +213,7 @@ pub fn shutdown(code: i32) -> ! {
         entry.control.cancel();
     }
     exec::kill_all();
+    python::stop_all();
     files::remove_leftovers();
     // Let queued frames (a closing log, say) reach the controller, but do
     // not wait on a controller that stopped reading.

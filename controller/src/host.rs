@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::link::{Link, Pending};
 use crate::transport::{Destination, Transport};
 use spindle_protocol::{
-    Exec, ExecResult, Fetch, FetchResult, MakeTempDir, Ping, Put, PutResult, RemoveTempDir, Stat,
-    StatResult, StreamKind, CHUNK, INLINE_MAX,
+    Code, ErrorKind, Exec, ExecResult, Fetch, FetchResult, MakeTempDir, ModuleEntry, Ping, Put,
+    PutResult, RemoveTempDir, RunModule, Stat, StatResult, StreamKind, CHUNK, INLINE_MAX,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -83,6 +83,64 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// A module ready to run: its cacheable bundle and this task's arguments.
+#[derive(Clone, Debug)]
+pub struct Module {
+    /// The AnsiballZ zip: module and module_utils.
+    pub zip: Arc<[u8]>,
+    /// Hex SHA-256 of `zip`.
+    pub hash: String,
+    pub entry: ModuleEntry,
+    pub fqn: String,
+    /// JSON text of the task's arguments.
+    pub params: String,
+    pub profile: Option<String>,
+    pub extensions: Option<String>,
+    pub rlimit_nofile: u64,
+}
+
+impl Module {
+    pub fn new(zip: Vec<u8>, entry: ModuleEntry, fqn: String, params: String) -> Module {
+        use sha2::Digest;
+        let hash = hex::encode(sha2::Sha256::digest(&zip));
+        Module {
+            zip: zip.into(),
+            hash,
+            entry,
+            fqn,
+            params,
+            profile: None,
+            extensions: None,
+            rlimit_nofile: 0,
+        }
+    }
+}
+
+/// Runs a command-like request and collects its streamed output.
+async fn collect<C>(link: &Link, req: C) -> Result<ExecOutput>
+where
+    C: spindle_protocol::Call<Reply = ExecResult>,
+{
+    let mut pending: Pending<C> = link.start(req, true, false).await?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    while let Some((kind, data)) = pending.next().await {
+        match kind {
+            StreamKind::Stderr => stderr.extend_from_slice(data.as_ref()),
+            _ => stdout.extend_from_slice(data.as_ref()),
+        }
+    }
+    let r = pending.finish().await?;
+    stdout.extend_from_slice(r.stdout.as_ref());
+    stderr.extend_from_slice(r.stderr.as_ref());
+    Ok(ExecOutput {
+        code: r.code,
+        signal: r.signal,
+        timed_out: r.timed_out,
+        stdout,
+        stderr,
+    })
+}
+
 impl Host {
     pub fn target(&self) -> &Target {
         &self.target
@@ -142,23 +200,7 @@ impl Host {
 
     /// Runs a command and collects its output.
     pub async fn exec(&self, req: Exec) -> Result<ExecOutput> {
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let r = self
-            .exec_with(req, |kind, data| {
-                match kind {
-                    StreamKind::Stderr => stderr.extend_from_slice(data),
-                    _ => stdout.extend_from_slice(data),
-                }
-                Ok(())
-            })
-            .await?;
-        Ok(ExecOutput {
-            code: r.code,
-            signal: r.signal,
-            timed_out: r.timed_out,
-            stdout,
-            stderr,
-        })
+        collect(&*self.link().await?, req).await
     }
 
     /// Runs a command, handing its output to `sink` as it arrives (streamed
@@ -186,6 +228,44 @@ impl Host {
         r.stdout = Default::default();
         r.stderr = Default::default();
         Ok(r)
+    }
+
+    /// Runs an Ansible module in the agent's warm interpreter for `python`.
+    /// The bundle travels only if this agent has not been sent it yet, in
+    /// the same request: no extra round trip.
+    pub async fn run_module(
+        &self,
+        python: &str,
+        module: &Module,
+        env: Vec<(String, String)>,
+    ) -> Result<ExecOutput> {
+        let link = self.link().await?;
+        let first = link.note_code(&module.hash);
+        let req = |with_code: bool| RunModule {
+            python: python.to_owned(),
+            code: Code {
+                hash: module.hash.clone(),
+                zip: with_code.then(|| module.zip.to_vec().into()),
+            },
+            entry: module.entry,
+            fqn: module.fqn.clone(),
+            params: module.params.clone(),
+            profile: module.profile.clone(),
+            extensions: module.extensions.clone(),
+            rlimit_nofile: module.rlimit_nofile,
+            env: env.clone(),
+            timeout_ms: None,
+        };
+        match collect(&link, req(first)).await {
+            // The agent lost it (or another caller's first send is still in
+            // flight and failed): send it along and try once more.
+            Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => {
+                link.forget_code(&module.hash);
+                link.note_code(&module.hash);
+                collect(&link, req(true)).await
+            }
+            other => other,
+        }
     }
 
     /// Writes `size` bytes from `src` to the target atomically (see

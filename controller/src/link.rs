@@ -112,6 +112,8 @@ impl Shared {
 pub struct Link {
     shared: Arc<Shared>,
     hello: Hello,
+    /// Module bundles (by hash) this agent has been sent.
+    codes: Mutex<std::collections::HashSet<String>>,
     _child: Option<Child>,
 }
 
@@ -219,8 +221,26 @@ impl Link {
         Link {
             shared,
             hello,
+            codes: Mutex::default(),
             _child: child,
         }
+    }
+
+    /// Records that the agent is being sent bundle `hash`; false if it was
+    /// sent before.
+    pub fn note_code(&self, hash: &str) -> bool {
+        self.codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_owned())
+    }
+
+    /// Forgets bundle `hash` (the agent said it does not hold it).
+    pub fn forget_code(&self, hash: &str) {
+        self.codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
     }
 
     pub fn hello(&self) -> &Hello {

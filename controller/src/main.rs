@@ -89,6 +89,19 @@ enum Command {
     },
     /// Copy `host:path` to a local file, atomically.
     Fetch { remote: String, local: PathBuf },
+    /// Run a pipelined Ansible module payload (as Ansible would send it) in
+    /// the target's warm interpreter; prints the module's raw output.
+    Module {
+        host: String,
+        /// The payload file (an AnsiballZ wrapper).
+        payload: PathBuf,
+        /// Python on the target that runs the module.
+        #[arg(long = "interpreter", default_value = "/usr/bin/python3")]
+        interpreter: String,
+        /// Run it this many times (the code travels once).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+    },
     /// Connect, start the agent, and measure round trips.
     Ping {
         host: String,
@@ -256,6 +269,29 @@ async fn run(cli: Cli) -> Result<u8> {
             report_transfer(r.size, t0);
             Ok(0)
         }
+        Command::Module {
+            host: h,
+            payload,
+            interpreter,
+            repeat,
+        } => {
+            let host = host(&h)?;
+            let module = split_payload(&payload)?;
+            let mut code = 0;
+            for i in 0..repeat.max(1) {
+                let t = Instant::now();
+                let out = host.run_module(&interpreter, &module, Vec::new()).await?;
+                std::io::stdout().write_all(&out.stdout)?;
+                std::io::stderr().write_all(&out.stderr)?;
+                eprintln!(
+                    "spindle: run {} took {:.1} ms",
+                    i + 1,
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+                code = out.code.unwrap_or(1);
+            }
+            Ok(code as u8)
+        }
         Command::Ping {
             host: h,
             count,
@@ -321,6 +357,50 @@ async fn run(cli: Cli) -> Result<u8> {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// Splits a payload with the plugin's `spindle_ansible.payload` (Python's
+/// own literal parser reads the wrapper) into a runnable [`Module`].
+fn split_payload(path: &std::path::Path) -> Result<spindle_controller::Module> {
+    use base64::Engine;
+    let plugin = std::env::var_os("SPINDLE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../ansible-plugin"))
+        });
+    let python = std::env::var("SPINDLE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-m", "spindle_ansible.payload", "split"])
+        .arg(path)
+        .env("PYTHONPATH", &plugin)
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    if !out.status.success() {
+        bail!(
+            "splitting {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    #[derive(serde::Deserialize)]
+    struct Split {
+        zip_b64: String,
+        entry: spindle_controller::protocol::ModuleEntry,
+        fqn: String,
+        params: String,
+        profile: Option<String>,
+        extensions: Option<String>,
+        rlimit_nofile: u64,
+    }
+    let s: Split = serde_json::from_slice(&out.stdout).context("reading the split payload")?;
+    let zip = base64::engine::general_purpose::STANDARD
+        .decode(s.zip_b64)
+        .context("decoding the module zip")?;
+    let mut m = spindle_controller::Module::new(zip, s.entry, s.fqn, s.params);
+    m.profile = s.profile;
+    m.extensions = s.extensions;
+    m.rlimit_nofile = s.rlimit_nofile;
+    Ok(m)
 }
 
 /// Splits scp-style `host:path` at the first ':' outside brackets

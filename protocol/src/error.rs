@@ -30,6 +30,9 @@ pub enum ErrorKind {
     Busy,
     /// The peer broke the protocol (unexpected frame, bad sequence).
     Protocol,
+    /// A request named cached code the agent does not hold; resend it with
+    /// the code attached.
+    CodeMissing,
     #[serde(other)]
     Other,
 }
@@ -57,6 +60,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Busy => "busy",
             ErrorKind::Protocol => "protocol error",
+            ErrorKind::CodeMissing => "code missing",
             ErrorKind::Other => "error",
         };
         f.write_str(s)

@@ -101,6 +101,7 @@ pub enum Request {
     Stat(Stat),
     MakeTempDir(MakeTempDir),
     RemoveTempDir(RemoveTempDir),
+    RunModule(RunModule),
 }
 
 /// Every reply, one variant per request type.
@@ -151,6 +152,7 @@ pair! {
     Stat => Stat(StatResult);
     MakeTempDir => TempDir(TempDir);
     RemoveTempDir => Removed(Removed);
+    RunModule => Exec(ExecResult);
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,3 +324,57 @@ pub struct RemoveTempDir {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removed {}
+
+/// Run a new-style Python Ansible module (AnsiballZ) in the warm
+/// interpreter the agent keeps for `python`, in a child forked for this task
+/// alone. The reply is the module's raw stdout, stderr and exit status, as a
+/// stock run would produce them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunModule {
+    /// Interpreter path on the target.
+    pub python: String,
+    /// The module and its module_utils: the same for every task using that
+    /// module, so the agent caches it by hash.
+    pub code: Code,
+    /// How the bundle's wrapper starts the module.
+    pub entry: ModuleEntry,
+    /// Fully qualified module name inside the bundle
+    /// (`ansible.modules.ping`).
+    pub fqn: String,
+    /// The task's arguments: JSON text exactly as the wrapper would embed it.
+    pub params: String,
+    /// Serialization profile (`ModuleEntry::Loader` only).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Wrapper extensions as a JSON object (`ModuleEntry::Loader` only).
+    #[serde(default)]
+    pub extensions: Option<String>,
+    /// Soft limit on open files the wrapper would set; 0 leaves it alone.
+    #[serde(default)]
+    pub rlimit_nofile: u64,
+    /// Variables set on top of the interpreter's environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A module bundle by content hash. `zip` travels only when the controller
+/// believes the agent does not hold it yet; an agent missing it answers
+/// [`crate::ErrorKind::CodeMissing`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Code {
+    /// Hex SHA-256 of `zip`.
+    pub hash: String,
+    #[serde(default)]
+    pub zip: Option<Blob>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleEntry {
+    /// ansible-core up to 2.18: `basic._ANSIBLE_ARGS` and `runpy`.
+    Runpy,
+    /// ansible-core 2.19 and later: `_ansiballz._loader.run_module`.
+    Loader,
+}

@@ -1,0 +1,424 @@
+//! Persistent Python interpreters ("zygotes") and running Ansible modules
+//! in them.
+//!
+//! Theory of operation:
+//! 1. Module bundles (AnsiballZ zips) arrive once per agent, keyed by hash,
+//!    and live in anonymous memory files: never on disk.
+//! 2. One zygote per Python path runs `python/runner.py`, reached over a
+//!    SOCK_SEQPACKET socket carrying JSON messages and descriptors. A bundle
+//!    is handed to a zygote (as its memfd) before its first use there.
+//! 3. To run a module the agent makes the task's stdin/stdout/stderr pipes,
+//!    passes their far ends with the request, and the zygote forks a child
+//!    that runs the module on them. The agent pumps the output exactly as for
+//!    `Exec`, and the zygote reports the child's pid and, once reaped, its
+//!    exit status.
+//! 4. At most [`MAX_INTERPRETERS`] zygotes live at once; a new one replaces
+//!    the least recently used idle one, waiting if all are busy. A zygote
+//!    that dies is replaced on next use; tasks it was running fail.
+
+use crate::ctl::{Control, Watch};
+use crate::{exec, io_error, out, sys};
+use serde::Deserialize;
+use spindle_protocol::{
+    ErrorKind, ExecResult, LogLevel, ModuleEntry, RequestId, RunModule, WireError,
+};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Zygotes alive at once per agent. Each holds a warm interpreter (tens of
+/// MiB); twenty covers every realistic mix of Python paths on one host.
+pub const MAX_INTERPRETERS: usize = 20;
+
+const RUNNER: &str = include_str!("python/runner.py");
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bundles by hash, each in a memfd.
+fn code_store() -> MutexGuard<'static, HashMap<String, Arc<File>>> {
+    static STORE: OnceLock<Mutex<HashMap<String, Arc<File>>>> = OnceLock::new();
+    lock(STORE.get_or_init(Default::default))
+}
+
+/// What a zygote reports about one run.
+#[derive(Debug)]
+enum Event {
+    Started(u32),
+    Exit(Option<i32>, Option<i32>),
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct Message {
+    op: String,
+    #[serde(default)]
+    id: u64,
+    #[serde(default)]
+    pid: u32,
+    #[serde(default)]
+    code: Option<i32>,
+    #[serde(default)]
+    signal: Option<i32>,
+    #[serde(default)]
+    message: String,
+}
+
+struct Zygote {
+    python: String,
+    sock: OwnedFd,
+    pid: u32,
+    child: Mutex<Child>,
+    waiters: Mutex<HashMap<u64, SyncSender<Event>>>,
+    loaded: Mutex<HashSet<String>>,
+    dead: Mutex<Option<String>>,
+}
+
+struct Pool {
+    zygotes: Mutex<Vec<Slot>>,
+    freed: Condvar,
+}
+
+struct Slot {
+    zygote: Arc<Zygote>,
+    busy: usize,
+    last_used: Instant,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool {
+        zygotes: Mutex::default(),
+        freed: Condvar::new(),
+    })
+}
+
+/// A zygote checked out for one task; returned to the pool on drop.
+struct Lease(Arc<Zygote>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let p = pool();
+        let mut slots = lock(&p.zygotes);
+        if let Some(s) = slots.iter_mut().find(|s| Arc::ptr_eq(&s.zygote, &self.0)) {
+            s.busy -= 1;
+            s.last_used = Instant::now();
+        }
+        p.freed.notify_all();
+    }
+}
+
+fn lease(python: &str) -> Result<Lease, WireError> {
+    let p = pool();
+    let mut slots = lock(&p.zygotes);
+    loop {
+        slots.retain(|s| s.busy > 0 || !s.zygote.is_dead());
+        if let Some(s) = slots
+            .iter_mut()
+            .find(|s| s.zygote.python == python && !s.zygote.is_dead())
+        {
+            s.busy += 1;
+            return Ok(Lease(s.zygote.clone()));
+        }
+        if slots.len() >= MAX_INTERPRETERS {
+            let idle = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.busy == 0)
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(i, _)| i);
+            match idle {
+                Some(i) => {
+                    let old = slots.remove(i);
+                    old.zygote.stop();
+                }
+                None => {
+                    slots = p.freed.wait(slots).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+            }
+        }
+        // Spawning under the lock keeps the cap exact; it takes a few ms.
+        let z = Zygote::spawn(python)?;
+        slots.push(Slot {
+            zygote: z.clone(),
+            busy: 1,
+            last_used: Instant::now(),
+        });
+        return Ok(Lease(z));
+    }
+}
+
+/// Stops every zygote (agent shutdown).
+pub fn stop_all() {
+    for s in lock(&pool().zygotes).iter() {
+        s.zygote.stop();
+    }
+}
+
+impl Zygote {
+    fn spawn(python: &str) -> Result<Arc<Zygote>, WireError> {
+        let ctx = || format!("starting {python}");
+        let (ours, theirs) = sys::seqpacket_pair().map_err(|e| io_error(ctx(), e))?;
+        let mut cmd = std::process::Command::new(python);
+        cmd.args(["-c", "import sys;exec(sys.stdin.read())"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        sys::child_fd(&mut cmd, theirs.as_raw_fd(), 3);
+        let mut child = cmd.spawn().map_err(|e| io_error(ctx(), e))?;
+        drop(theirs);
+        if let Some(mut stdin) = child.stdin.take() {
+            // The runner is small; a failure shows up as the socket closing.
+            let _ = stdin.write_all(RUNNER.as_bytes());
+        }
+        let mut stderr = child.stderr.take();
+        let mut buf = vec![0u8; 1 << 16];
+        let n = sys::recv_packet(&ours, &mut buf).map_err(|e| io_error(ctx(), e))?;
+        let ready: Option<Message> = serde_json::from_slice(&buf[..n]).ok();
+        let Some(ready) = ready.filter(|m| m.op == "ready") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut why = String::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.read_to_string(&mut why);
+            }
+            return Err(WireError::new(
+                ErrorKind::Unsupported,
+                format!("{python} cannot run the module runner: {}", why.trim()),
+            ));
+        };
+        let z = Arc::new(Zygote {
+            python: python.to_owned(),
+            sock: ours,
+            pid: ready.pid,
+            child: Mutex::new(child),
+            waiters: Mutex::default(),
+            loaded: Mutex::default(),
+            dead: Mutex::default(),
+        });
+        exec::running().insert(z.pid);
+        let reader = z.clone();
+        spawn_helper(move || reader.read_loop());
+        if let Some(err) = stderr {
+            let python = python.to_owned();
+            spawn_helper(move || forward_stderr(&python, err));
+        }
+        out::log(
+            LogLevel::Debug,
+            format!("started interpreter {python} (pid {})", ready.pid),
+        );
+        Ok(z)
+    }
+
+    fn is_dead(&self) -> bool {
+        lock(&self.dead).is_some()
+    }
+
+    fn stop(&self) {
+        let mut child = lock(&self.child);
+        let _ = child.kill();
+        let _ = child.wait();
+        exec::running().remove(&self.pid);
+    }
+
+    fn read_loop(&self) {
+        let mut buf = vec![0u8; 1 << 16];
+        let reason = loop {
+            match sys::recv_packet(&self.sock, &mut buf) {
+                Ok(0) => break "interpreter exited".to_owned(),
+                Ok(n) => match serde_json::from_slice::<Message>(&buf[..n]) {
+                    Ok(m) => self.deliver(m),
+                    Err(e) => break format!("bad message from the interpreter: {e}"),
+                },
+                Err(e) => break format!("reading from the interpreter: {e}"),
+            }
+        };
+        *lock(&self.dead) = Some(reason.clone());
+        self.stop();
+        for (_, w) in lock(&self.waiters).drain() {
+            let _ = w.send(Event::Failed(format!("{}: {reason}", self.python)));
+        }
+        pool().freed.notify_all();
+    }
+
+    fn deliver(&self, m: Message) {
+        let event = match m.op.as_str() {
+            "started" => Event::Started(m.pid),
+            "exit" => Event::Exit(m.code, m.signal),
+            "error" => Event::Failed(m.message),
+            _ => return,
+        };
+        let done = !matches!(event, Event::Started(_));
+        let mut waiters = lock(&self.waiters);
+        let tx = if done {
+            waiters.remove(&m.id)
+        } else {
+            waiters.get(&m.id).cloned()
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(event);
+        }
+    }
+
+    fn send(&self, msg: &serde_json::Value, fds: &[std::os::fd::RawFd]) -> Result<(), WireError> {
+        let bytes = serde_json::to_vec(msg)
+            .map_err(|e| WireError::new(ErrorKind::InvalidInput, e.to_string()))?;
+        sys::send_with_fds(&self.sock, &bytes, fds)
+            .map_err(|e| io_error(format_args!("talking to {}", self.python), e))
+    }
+
+    /// Hands a bundle to the zygote unless it has it already.
+    fn ensure_code(&self, hash: &str, file: &File) -> Result<(), WireError> {
+        let mut loaded = lock(&self.loaded);
+        if loaded.contains(hash) {
+            return Ok(());
+        }
+        self.send(
+            &serde_json::json!({"op": "code", "hash": hash}),
+            &[file.as_raw_fd()],
+        )?;
+        loaded.insert(hash.to_owned());
+        Ok(())
+    }
+}
+
+fn spawn_helper(f: impl FnOnce() + Send + 'static) {
+    // Thread creation fails only when the process is out of resources.
+    std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(f)
+        .expect("spawning an interpreter thread");
+}
+
+/// The runner's own errors (not a module's: those go to the task's pipes).
+fn forward_stderr(python: &str, mut err: impl Read) {
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = err.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&buf[..n]);
+        out::log(LogLevel::Warn, format!("{python}: {}", text.trim_end()));
+    }
+}
+
+/// Stores a bundle sent by the controller, or finds one sent earlier.
+fn code(req: &mut RunModule) -> Result<Arc<File>, WireError> {
+    let mut store = code_store();
+    if let Some(f) = store.get(&req.code.hash) {
+        return Ok(f.clone());
+    }
+    let zip = req.code.zip.take().ok_or_else(|| {
+        WireError::new(
+            ErrorKind::CodeMissing,
+            format!("module code {} is not cached", req.code.hash),
+        )
+    })?;
+    let mut file =
+        sys::memfd(c"spindle-module").map_err(|e| io_error("creating a memory file", e))?;
+    file.write_all(zip.as_ref())
+        .map_err(|e| io_error("storing module code", e))?;
+    let file = Arc::new(file);
+    store.insert(req.code.hash.clone(), file.clone());
+    Ok(file)
+}
+
+pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecResult, WireError> {
+    let bundle = code(&mut req)?;
+    let zygote = lease(&req.python)?;
+    let z = &zygote.0;
+    z.ensure_code(&req.code.hash, &bundle)?;
+
+    let pipe = || sys::pipe().map_err(|e| io_error("creating pipes", e));
+    let (stdin_r, stdin_w) = pipe()?;
+    drop(stdin_w); // the module's stdin is at end of file, as when pipelined
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let extensions: serde_json::Value = match &req.extensions {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| WireError::new(ErrorKind::InvalidInput, format!("extensions: {e}")))?,
+        None => serde_json::json!({}),
+    };
+    let env: serde_json::Map<String, serde_json::Value> = req
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    let msg = serde_json::json!({
+        "op": "run",
+        "id": id,
+        "hash": req.code.hash,
+        "entry": match req.entry { ModuleEntry::Runpy => "runpy", ModuleEntry::Loader => "loader" },
+        "fqn": req.fqn,
+        "params": req.params,
+        "profile": req.profile,
+        "extensions": extensions,
+        "rlimit_nofile": req.rlimit_nofile,
+        "env": env,
+    });
+    let (tx, rx) = mpsc::sync_channel(2);
+    lock(&z.waiters).insert(id, tx);
+    let sent = z.send(
+        &msg,
+        &[
+            stdin_r.as_raw_fd(),
+            stdout_w.as_raw_fd(),
+            stderr_w.as_raw_fd(),
+        ],
+    );
+    drop((stdin_r, stdout_w, stderr_w));
+    if let Err(e) = sent {
+        lock(&z.waiters).remove(&id);
+        return Err(e);
+    }
+    let pid = match rx.recv() {
+        Ok(Event::Started(pid)) => pid,
+        Ok(Event::Failed(why)) => return Err(WireError::new(ErrorKind::Io, why)),
+        Ok(Event::Exit(..)) | Err(_) => {
+            return Err(WireError::new(
+                ErrorKind::Io,
+                format!("{} stopped unexpectedly", req.python),
+            ))
+        }
+    };
+    exec::running().insert(pid);
+    let deadline = req
+        .timeout_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let (output, watch, status) = std::thread::scope(|s| {
+        let watchdog = s.spawn(|| {
+            let w = control.watch(deadline);
+            if w != Watch::Finished {
+                sys::kill_group(pid);
+            }
+            w
+        });
+        let output = exec::collect(
+            s,
+            id,
+            File::from(stdout_r),
+            Some(File::from(stderr_r)),
+            control,
+        );
+        let status = wait_exit(&rx);
+        control.finish();
+        (output, watchdog.join().unwrap_or(Watch::Finished), status)
+    });
+    exec::running().remove(&pid);
+    exec::result(output, watch, status)
+}
+
+fn wait_exit(rx: &Receiver<Event>) -> Result<(Option<i32>, Option<i32>), WireError> {
+    match rx.recv() {
+        Ok(Event::Exit(code, signal)) => Ok((code, signal)),
+        Ok(Event::Failed(why)) => Err(WireError::new(ErrorKind::Io, why)),
+        _ => Err(WireError::new(ErrorKind::Io, "interpreter stopped")),
+    }
+}

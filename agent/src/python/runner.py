@@ -1,0 +1,244 @@
+# Spindle's Python runner: a warm "zygote" interpreter the agent keeps per
+# (account, Python path). Standard library only: targets have nothing else.
+#
+# Theory of operation:
+# 1. The agent starts `python -c 'import sys;exec(sys.stdin.read())'`, writes
+#    this file on its stdin and closes it. Fd 3 is a SOCK_SEQPACKET socket to
+#    the agent; every message is one packet of JSON, with descriptors passed
+#    alongside (SCM_RIGHTS).
+# 2. {"op": "code", "hash": H} + [memfd]: a module bundle (the AnsiballZ zip)
+#    kept in the agent's memory. The first bundle is also imported from here
+#    (ansible.module_utils.basic and friends), so forked children start warm.
+# 3. {"op": "run", "id": N, ...} + [stdin, stdout, stderr]: fork a child that
+#    runs the module as the stock AnsiballZ wrapper would, with its standard
+#    streams on the given pipes; reply {"op": "started", "id", "pid"}, and
+#    {"op": "exit", "id", "code", "signal"} once it has been reaped.
+# 4. Every task runs in its own forked child, so nothing a module does to its
+#    interpreter (patches, globals, environment, fds, atexit) reaches the next.
+# The zygote stays single-threaded so that forking it is safe.
+import array, errno, json, os, select, signal, socket, sys
+
+SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
+MAX_PACKET = 1 << 20
+codes = {}  # hash -> zip path readable by us and our children
+children = {}  # pid -> request id
+warmed = False
+
+
+def recv():
+    fds = array.array("i")
+    msg, anc, _, _ = SOCK.recvmsg(MAX_PACKET, socket.CMSG_SPACE(16 * fds.itemsize))
+    if not msg:
+        return None, []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return json.loads(msg.decode("utf-8")), list(fds)
+
+
+def send(obj):
+    SOCK.sendall(json.dumps(obj).encode("utf-8"))
+
+
+def ansible_packages():
+    for name, mod in list(sys.modules.items()):
+        if name == "ansible" or name.startswith(("ansible.", "ansible_collections")):
+            if getattr(mod, "__path__", None) is not None:
+                yield name, mod
+
+
+def warm(path):
+    # Import what nearly every module imports, once, from the first bundle.
+    global warmed
+    warmed = True
+    sys.path.insert(0, path)
+    for name in ("ansible.module_utils.basic", "ansible.module_utils._internal._ansiballz._loader"):
+        try:
+            __import__(name)
+        except Exception:
+            pass
+    sys.path.remove(path)
+
+
+def run_child(req, path, fds):
+    # Runs in the forked child; never returns.
+    import atexit
+    code = 1
+    try:
+        atexit._clear()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        SOCK.close()
+        os.close(WAKE_R)
+        os.close(WAKE_W)
+        os.setsid()
+        for i, fd in enumerate(fds):
+            os.dup2(fd, i)
+            os.close(fd)
+        import io
+        out = sys.__stdout__
+        enc, errs = (out.encoding, out.errors) if out else ("utf-8", "strict")
+        err_errs = sys.__stderr__.errors if sys.__stderr__ else "backslashreplace"
+        def stream(fd, mode, errors, lines=False):
+            raw = io.FileIO(fd, mode, closefd=False)
+            buf = io.BufferedWriter(raw) if "w" in mode else io.BufferedReader(raw)
+            return io.TextIOWrapper(buf, encoding=enc, errors=errors, line_buffering=lines)
+        # As a fresh interpreter on pipes sets them up (stderr is line
+        # buffered from Python 3.9 on).
+        sys.stdin = sys.__stdin__ = stream(0, "r", errs)
+        sys.stdout = sys.__stdout__ = stream(1, "w", errs)
+        sys.stderr = sys.__stderr__ = stream(2, "w", err_errs, sys.version_info >= (3, 9))
+        os.environ.update(req.get("env") or {})
+        if "TZ" in (req.get("env") or {}):
+            import time
+            time.tzset()
+        limit = req.get("rlimit_nofile") or 0
+        if limit:
+            import resource
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, limit), hard))
+        sys.argv = [""]
+        sys.path.insert(0, path)
+        # Packages imported while warming keep the zygote's search path:
+        # let them find this bundle's modules too.
+        for name, mod in ansible_packages():
+            mod.__path__.insert(0, path + "/" + name.replace(".", "/"))
+        sys.path_importer_cache.clear()
+        code = run_module(req, path)
+    except SystemExit as e:
+        code = exit_code(e.code)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    finish(code)
+
+
+def run_module(req, path):
+    fqn, params = req["fqn"], req["params"].encode("utf-8")
+    if req["entry"] == "loader":
+        from ansible.module_utils._internal._ansiballz import _loader
+        _loader.run_module(
+            json_params=params,
+            profile=req["profile"],
+            module_fqn=fqn,
+            modlib_path=path,
+            extensions=req.get("extensions") or {},
+        )
+    else:
+        import runpy
+        from ansible.module_utils import basic
+        basic._ANSIBLE_ARGS = params
+        runpy.run_module(
+            mod_name=fqn,
+            init_globals=dict(_module_fqn=fqn, _modlib_path=path),
+            run_name="__main__",
+            alter_sys=True,
+        )
+    print('{"msg": "New-style module did not handle its own exit", "failed": true}')
+    return 1
+
+
+def exit_code(value):
+    # What the interpreter itself does with SystemExit at top level.
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    try:
+        sys.stderr.write(str(value) + "\n")
+    except Exception:
+        pass
+    return 1
+
+
+def finish(code):
+    # The interpreter's own shutdown steps, then leave without running the
+    # zygote's.
+    try:
+        import threading
+        threading._shutdown()
+    except BaseException:
+        pass
+    try:
+        import atexit
+        atexit._run_exitfuncs()
+    except SystemExit as e:
+        code = exit_code(e.code)
+    except BaseException:
+        pass
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+
+def reap():
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except OSError as e:
+            if e.errno == errno.EINTR:
+                continue
+            return
+        if pid == 0:
+            return
+        rid = children.pop(pid, None)
+        if rid is None:
+            continue
+        if os.WIFSIGNALED(status):
+            send({"op": "exit", "id": rid, "code": None, "signal": os.WTERMSIG(status)})
+        else:
+            send({"op": "exit", "id": rid, "code": os.WEXITSTATUS(status), "signal": None})
+
+
+def handle(req, fds):
+    op = req.get("op")
+    if op == "code":
+        path = "/proc/%d/fd/%d" % (os.getpid(), fds[0])
+        codes[req["hash"]] = path
+        if not warmed:
+            warm(path)
+    elif op == "run":
+        path = codes.get(req["hash"])
+        if path is None:
+            for fd in fds:
+                os.close(fd)
+            send({"op": "error", "id": req["id"], "message": "code %s not loaded" % req["hash"]})
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            run_child(req, path, fds)
+        for fd in fds:
+            os.close(fd)
+        children[pid] = req["id"]
+        send({"op": "started", "id": req["id"], "pid": pid})
+
+
+WAKE_R, WAKE_W = os.pipe()
+for fd in (WAKE_R, WAKE_W):
+    os.set_blocking(fd, False)
+signal.set_wakeup_fd(WAKE_W)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+send({"op": "ready", "pid": os.getpid(), "version": list(sys.version_info[:3])})
+while True:
+    try:
+        ready, _, _ = select.select([SOCK, WAKE_R], [], [])
+    except (OSError, select.error) as e:
+        if getattr(e, "errno", None) == errno.EINTR or (e.args and e.args[0] == errno.EINTR):
+            continue
+        raise
+    if WAKE_R in ready:
+        try:
+            os.read(WAKE_R, 512)
+        except OSError:
+            pass
+        reap()
+    if SOCK in ready:
+        req, fds = recv()
+        if req is None:
+            break
+        handle(req, fds)

@@ -1,0 +1,116 @@
+"""Split a pipelined AnsiballZ payload into what can be cached on a target
+(the zip of the module and its module_utils, identical for every task that
+uses the module) and what belongs to one task (its arguments).
+
+Works on the wrappers of ansible-core 2.17 (a formatted template with
+``ZIPDATA`` and ``ANSIBALLZ_PARAMS``) and 2.19 and later (a call
+``_ansiballz_main(name=value, ...)`` at the end of the file). Values are
+read with ``ast.literal_eval``, never evaluated.
+
+Command line (for tools and tests)::
+
+    python -m spindle_ansible.payload split PAYLOAD [--zip OUT.zip]
+
+prints the task part as JSON (and writes the zip when asked).
+"""
+import ast
+import base64
+import json
+import re
+import sys
+
+__all__ = ["split", "NotAnsiballZ"]
+
+
+class NotAnsiballZ(ValueError):
+    """The payload is not a new-style Python module wrapper Spindle can run."""
+
+
+_CALL = b"\n    _ansiballz_main(\n"
+_KWARG = re.compile(r"^\s*(\w+)=(.*),\s*$")
+
+
+def split(payload):
+    """Returns a dict: ``zip`` (bytes), ``entry`` (``runpy`` or
+    ``loader``), ``fqn``, ``params`` (JSON text), ``profile``,
+    ``extensions`` (JSON text or None), ``rlimit_nofile`` and
+    ``module_name``."""
+    if b"_ANSIBALLZ_WRAPPER" not in payload and b"def _ansiballz_main" not in payload:
+        raise NotAnsiballZ("not an AnsiballZ wrapper")
+    if _CALL in payload:
+        return _split_loader(payload)
+    return _split_runpy(payload)
+
+
+def _split_loader(payload):
+    tail = payload[payload.rindex(_CALL) + len(_CALL):].decode("utf-8")
+    kw = {}
+    for line in tail.splitlines():
+        if line.strip() == ")":
+            break
+        m = _KWARG.match(line)
+        if not m:
+            raise NotAnsiballZ("unexpected line in the wrapper call: %r" % line[:80])
+        name, value = m.groups()
+        if name == "date_time":
+            continue  # only stamps a file the stock wrapper adds to the zip
+        kw[name] = ast.literal_eval(value)
+    missing = {"zip_data", "module_fqn", "params", "profile"} - set(kw)
+    if missing:
+        raise NotAnsiballZ("wrapper call lacks %s" % ", ".join(sorted(missing)))
+    extensions = kw.get("extensions") or {}
+    return {
+        "zip": base64.b64decode(kw["zip_data"]),
+        "entry": "loader",
+        "fqn": kw["module_fqn"],
+        "params": kw["params"],
+        "profile": kw["profile"],
+        "extensions": json.dumps(extensions) if extensions else None,
+        "rlimit_nofile": int(kw.get("rlimit_nofile") or 0),
+        "module_name": kw.get("ansible_module"),
+    }
+
+
+def _line_value(payload, pattern):
+    m = re.search(pattern, payload, re.M)
+    if not m:
+        raise NotAnsiballZ("wrapper lacks %s" % pattern.decode())
+    return m.group(1)
+
+
+def _split_runpy(payload):
+    zip_data = _line_value(payload, rb"^\s*ZIPDATA = '([A-Za-z0-9+/=\s]*)'$")
+    params = ast.literal_eval(_line_value(payload, rb"^\s*ANSIBALLZ_PARAMS = (.*)$").decode("utf-8"))
+    fqn = _line_value(payload, rb"runpy\.run_module\(mod_name='([^']+)'").decode()
+    name = re.search(rb"prefix='ansible_' \+ ('[^']*')", payload)
+    limit = re.search(rb"min\(existing_hard, (\d+)\)", payload)
+    return {
+        "zip": base64.b64decode(zip_data),
+        "entry": "runpy",
+        "fqn": fqn,
+        "params": params,
+        "profile": None,
+        "extensions": None,
+        "rlimit_nofile": int(limit.group(1)) if limit else 0,
+        "module_name": ast.literal_eval(name.group(1).decode()) if name else None,
+    }
+
+
+def main(argv):
+    if len(argv) < 2 or argv[0] != "split":
+        sys.stderr.write("usage: python -m spindle_ansible.payload split PAYLOAD [--zip OUT]\n")
+        return 2
+    with open(argv[1], "rb") as f:
+        parts = split(f.read())
+    zipdata = parts.pop("zip")
+    if "--zip" in argv:
+        with open(argv[argv.index("--zip") + 1], "wb") as f:
+            f.write(zipdata)
+    else:
+        parts["zip_b64"] = base64.b64encode(zipdata).decode()
+    json.dump(parts, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
