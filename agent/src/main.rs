@@ -85,6 +85,8 @@ fn registry() -> MutexGuard<'static, HashMap<RequestId, Entry>> {
 /// which the connection must be dropped.
 fn dispatch(mut input: impl Read) -> io::Result<()> {
     let mut header = [0u8; frame::HEADER_LEN];
+    // Reused across frames: no allocation per frame.
+    let mut body = Vec::new();
     loop {
         match input.read_exact(&mut header) {
             Ok(()) => {}
@@ -92,7 +94,7 @@ fn dispatch(mut input: impl Read) -> io::Result<()> {
             Err(e) => return Err(e),
         }
         let len = frame::body_len(header).map_err(invalid)?;
-        let mut body = vec![0; len];
+        body.resize(len, 0);
         input.read_exact(&mut body)?;
         let msg: ToAgent = frame::decode_body(&body).map_err(invalid)?;
         handle(msg);

@@ -363,15 +363,6 @@ impl Host {
             .map_err(|e| Error::local(ctx("creating"), e))?;
         let mut w = tokio::io::BufWriter::with_capacity(CHUNK, file);
         let result = self.fetch(path, &mut w).await;
-        let result = match result {
-            Ok(r) => {
-                let synced = w.get_mut().sync_all().await;
-                synced
-                    .map_err(|e| Error::local(ctx("syncing"), e))
-                    .and(Ok(r))
-            }
-            Err(e) => Err(e),
-        };
         drop(w);
         match result {
             Ok(r) => {

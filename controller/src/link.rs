@@ -43,6 +43,9 @@ const WRITE_QUEUE: usize = 64;
 /// to skip.
 const MAX_NOISE: usize = 64 << 10;
 
+/// Bytes asked for per read of the agent's output: a whole chunk frame.
+const READ_SIZE: usize = spindle_protocol::CHUNK + 64;
+
 /// Bytes of the transport's stderr kept to explain a failure.
 const STDERR_TAIL: usize = 4096;
 
@@ -581,10 +584,13 @@ async fn read_loop(
     shared: Arc<Shared>,
     stderr: Arc<Mutex<Vec<u8>>>,
 ) {
+    // `buf[start..]` holds bytes not yet decoded; consumed bytes are dropped
+    // in one move before the next read instead of after every frame.
+    let mut start = 0;
     let reason = loop {
-        match frame::decode::<FromAgent>(&buf) {
+        match frame::decode::<FromAgent>(&buf[start..]) {
             Ok(Some((msg, used))) => {
-                buf.drain(..used);
+                start += used;
                 if let Err(e) = route(&shared, msg) {
                     break e;
                 }
@@ -593,14 +599,17 @@ async fn read_loop(
             Ok(None) => {}
             Err(e) => break format!("agent sent a bad frame: {e}"),
         }
-        let mut chunk = vec![0u8; 1 << 16];
-        match stdout.read(&mut chunk).await {
+        buf.drain(..start);
+        start = 0;
+        let have = buf.len();
+        buf.resize(have + READ_SIZE, 0);
+        match stdout.read(&mut buf[have..]).await {
             Ok(0) => {
                 // Let ssh's last words (e.g. "Connection reset") arrive.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 break explain("agent gone (connection closed)", &stderr);
             }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => buf.truncate(have + n),
             Err(e) => break format!("agent gone: {e}"),
         }
     };
