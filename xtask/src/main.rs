@@ -71,9 +71,35 @@ fn testbed_up() -> Result<()> {
     })
 }
 
+/// ansible-core for the module tests, in `target/ansible-venv`.
+const ANSIBLE_CORE: &str = "ansible-core>=2.19,<2.20";
+
+fn ansible_venv() -> Result<()> {
+    let venv = agents::workspace_root().join("target/ansible-venv");
+    if venv.join("bin/ansible-playbook").exists() {
+        return Ok(());
+    }
+    let run = |cmd: &mut std::process::Command| -> Result<()> {
+        let status = cmd.status()?;
+        anyhow::ensure!(status.success(), "{cmd:?} failed");
+        Ok(())
+    };
+    run(std::process::Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv))?;
+    run(std::process::Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        ANSIBLE_CORE,
+    ]))
+}
+
 fn test(extra: &[String]) -> Result<()> {
     agents::build()?;
     testbed_up()?;
+    ansible_venv()?;
     // The end-to-end tests drive the `spindle` binary too.
     cargo(&["build", "--quiet", "--package", "spindle-controller"])?;
     let mut args = vec!["test", "--workspace", "--exclude", "spindle-agent"];

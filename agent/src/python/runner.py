@@ -20,7 +20,7 @@ import array, errno, json, os, select, signal, socket, sys
 
 SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 MAX_PACKET = 1 << 20
-codes = {}  # hash -> zip path readable by us and our children
+codes = {}  # hash -> (zip path readable by us and our children, memfd)
 children = {}  # pid -> request id
 warmed = False
 
@@ -72,6 +72,10 @@ def run_child(req, path, fds):
         os.close(WAKE_R)
         os.close(WAKE_W)
         os.setsid()
+        # The bundles stay reachable through the zygote's /proc entry; the
+        # module must not see (or pass on) our descriptors.
+        for _, code_fd in codes.values():
+            os.close(code_fd)
         for i, fd in enumerate(fds):
             os.dup2(fd, i)
             os.close(fd)
@@ -196,12 +200,13 @@ def reap():
 def handle(req, fds):
     op = req.get("op")
     if op == "code":
+        os.set_inheritable(fds[0], False)
         path = "/proc/%d/fd/%d" % (os.getpid(), fds[0])
-        codes[req["hash"]] = path
+        codes[req["hash"]] = (path, fds[0])
         if not warmed:
             warm(path)
     elif op == "run":
-        path = codes.get(req["hash"])
+        path = codes.get(req["hash"], (None, None))[0]
         if path is None:
             for fd in fds:
                 os.close(fd)

@@ -1,0 +1,235 @@
+//! Ansible modules run by Spindle's warm interpreters, compared with stock
+//! Ansible: a recording ssh connection plugin captures the exact pipelined
+//! payloads (and raw results) of a stock `ansible-playbook` run on the
+//! testbed; each payload is then replayed through Spindle and must give the
+//! same result. Needs ansible-core in `target/ansible-venv` (`cargo xtask
+//! test` installs it) or `$SPINDLE_ANSIBLE_VENV`.
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use serde_json::Value;
+use spindle_controller::protocol::ModuleEntry;
+use spindle_controller::{Host, Module};
+use spindle_tests::Testbed;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn venv() -> PathBuf {
+    std::env::var_os("SPINDLE_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/ansible-venv"))
+}
+
+struct Record {
+    payload: PathBuf,
+    rc: i32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Runs the recording playbook against `host` with stock Ansible.
+fn record(tb: &Testbed, host: &str) -> Result<Vec<Record>> {
+    let dir = std::env::temp_dir().join(format!("spindle-record-{host}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let plays = root().join("tests/ansible/record");
+    let playbook = venv().join("bin/ansible-playbook");
+    let out = std::process::Command::new(&playbook)
+        .arg("-i")
+        .arg(&tb.inventory)
+        .args(["-c", "spindle_record", "-e", &format!("target={host}")])
+        .arg(plays.join("modules.yml"))
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            plays.join("connection_plugins"),
+        )
+        .env("ANSIBLE_LIBRARY", plays.join("library"))
+        .env("ANSIBLE_PIPELINING", "True")
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("SPINDLE_RECORD_DIR", &dir)
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (is ansible-core installed?)",
+                playbook.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "stock ansible-playbook failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut records = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "payload"))
+        .collect();
+    names.sort();
+    for payload in names {
+        let meta: Value = serde_json::from_slice(&std::fs::read(payload.with_extension("json"))?)?;
+        let b64 = |k: &str| {
+            base64::engine::general_purpose::STANDARD.decode(meta[k].as_str().unwrap_or_default())
+        };
+        records.push(Record {
+            rc: meta["rc"].as_i64().unwrap_or(-1) as i32,
+            stdout: b64("stdout")?,
+            stderr: b64("stderr")?,
+            payload,
+        });
+    }
+    Ok(records)
+}
+
+/// Splits a payload with the plugin's splitter.
+fn split(payload: &Path) -> Result<Module> {
+    let out = std::process::Command::new("python3")
+        .args(["-m", "spindle_ansible.payload", "split"])
+        .arg(payload)
+        .env("PYTHONPATH", root().join("ansible-plugin"))
+        .output()?;
+    if !out.status.success() {
+        bail!("split failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let s = |k: &str| v[k].as_str().map(str::to_owned);
+    let zip = base64::engine::general_purpose::STANDARD.decode(s("zip_b64").unwrap_or_default())?;
+    let entry = match s("entry").as_deref() {
+        Some("loader") => ModuleEntry::Loader,
+        _ => ModuleEntry::Runpy,
+    };
+    let mut m = Module::new(
+        zip,
+        entry,
+        s("fqn").unwrap_or_default(),
+        s("params").unwrap_or_default(),
+    );
+    m.profile = s("profile");
+    m.extensions = s("extensions");
+    m.rlimit_nofile = v["rlimit_nofile"].as_u64().unwrap_or(0);
+    Ok(m)
+}
+
+/// The module's JSON result with fields that differ between any two runs
+/// (timings, access times) removed.
+fn normalized(stdout: &[u8]) -> Result<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let start = text
+        .find('{')
+        .with_context(|| format!("no JSON in {text:?}"))?;
+    let mut v: Value = serde_json::from_str(text[start..].trim())
+        .with_context(|| format!("module output is not JSON: {text:?}"))?;
+    strip(&mut v);
+    Ok(v)
+}
+
+fn strip(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for k in ["start", "end", "delta", "atime"] {
+                map.remove(k);
+            }
+            map.values_mut().for_each(strip);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip),
+        _ => {}
+    }
+}
+
+async fn replay(host: &Host, record: &Record) -> Result<(i32, Value, Vec<u8>)> {
+    let module = split(&record.payload)?;
+    let out = host
+        .run_module("/usr/bin/python3", &module, Vec::new())
+        .await?;
+    Ok((out.code.unwrap_or(-1), normalized(&out.stdout)?, out.stderr))
+}
+
+/// Every recorded module gives stock's result under Spindle, run after run
+/// in one interpreter; the misbehaving module finds nothing left over by its
+/// previous run.
+#[tokio::test]
+async fn modules_match_stock_runs() -> Result<()> {
+    let tb = Testbed::load()?;
+    let th = tb.host("sp2")?;
+    let _lock = th.lock()?;
+    th.ssh(&tb, "rm -rf /tmp/spindle-record-lines ~/.ansible")?;
+    let records = record(&tb, "sp2")?;
+    assert!(
+        records.len() >= 12,
+        "recorded only {} payloads",
+        records.len()
+    );
+    let host = tb.connect("sp2")?;
+    // Restore the state the stock run started from (lineinfile's file and
+    // the remote_tmp a module creates on first use).
+    host.exec(spindle_controller::protocol::Exec {
+        command: spindle_controller::protocol::Command::Shell(
+            "rm -rf /tmp/spindle-record-lines ~/.ansible".into(),
+        ),
+        env: vec![],
+        cwd: None,
+        stdin: None,
+        pty: false,
+        timeout_ms: None,
+    })
+    .await?;
+    for r in &records {
+        let (rc, result, stderr) = replay(&host, r).await?;
+        let name = r.payload.display();
+        assert_eq!(rc, r.rc, "{name}: rc");
+        assert_eq!(result, normalized(&r.stdout)?, "{name}: result");
+        assert_eq!(
+            String::from_utf8_lossy(&stderr),
+            String::from_utf8_lossy(&r.stderr),
+            "{name}: stderr"
+        );
+    }
+    // The leaky module ran twice in the same interpreter: its second run
+    // must have found nothing of the first.
+    let leaky = records.last().context("no records")?;
+    let (_, result, _) = replay(&host, leaky).await?;
+    assert_eq!(result["found"]["env"], Value::Null, "{result}");
+    assert_eq!(result["found"]["patched_getcwd"], Value::Bool(false));
+    assert_eq!(result["found"]["imported_leak_module"], Value::Bool(false));
+    Ok(())
+}
+
+/// The module bundle crosses the link once: a second run of the same module
+/// sends only its arguments (counted in bytes on the host's veth).
+#[tokio::test]
+async fn second_run_sends_no_code() -> Result<()> {
+    let tb = Testbed::load()?;
+    let th = tb.host("sp4")?;
+    let _lock = th.lock()?;
+    let records = record(&tb, "sp4")?;
+    let ping = records.first().context("no ping recorded")?;
+    let module = split(&ping.payload)?;
+    let host = tb.connect("sp4")?;
+    host.ping().await?;
+    let tx = || -> Result<u64> {
+        let v = std::fs::read_to_string(format!("/sys/class/net/{}/statistics/tx_bytes", th.veth))?;
+        Ok(v.trim().parse()?)
+    };
+    let t0 = tx()?;
+    host.run_module("/usr/bin/python3", &module, Vec::new())
+        .await?;
+    let first = tx()? - t0;
+    let t1 = tx()?;
+    host.run_module("/usr/bin/python3", &module, Vec::new())
+        .await?;
+    let second = tx()? - t1;
+    eprintln!(
+        "bundle {} bytes; first run sent {first} bytes, second {second}",
+        module.zip.len()
+    );
+    assert!(
+        first > module.zip.len() as u64,
+        "first run must carry the bundle"
+    );
+    assert!(second < 16 << 10, "second run sent {second} bytes");
+    Ok(())
+}
