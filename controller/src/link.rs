@@ -152,7 +152,7 @@ impl Link {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| Error::unreachable(&host, format!("cannot run {}: {e}", argv[0])))?;
-            let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+            let stderr_tail = Arc::new(StderrTail::default());
             if let Some(err) = child.stderr.take() {
                 tokio::spawn(collect_stderr(err, stderr_tail.clone()).in_current_span());
             }
@@ -164,13 +164,11 @@ impl Link {
             let (hello, rest) = match outcome {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
-                    // Give ssh a moment to explain itself on stderr.
-                    let _ = tokio::time::timeout(Duration::from_millis(500), child.wait()).await;
-                    return Err(Error::unreachable(&host, explain(&e, &stderr_tail)));
+                    return Err(Error::unreachable(&host, stderr_tail.explain(&e).await));
                 }
                 Err(_) => {
                     let what = format!("no answer within {timeout:?}");
-                    return Err(Error::unreachable(&host, explain(&what, &stderr_tail)));
+                    return Err(Error::unreachable(&host, stderr_tail.explain(&what).await));
                 }
             };
             if hello.version != spindle_protocol::VERSION || hello.build_id != agents.build_id() {
@@ -209,7 +207,7 @@ impl Link {
         rest: Vec<u8>,
         hello: Hello,
         child: Option<Child>,
-        stderr_tail: Arc<Mutex<Vec<u8>>>,
+        stderr_tail: Arc<StderrTail>,
     ) -> Link {
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
         let shared = Arc::new(Shared {
@@ -519,18 +517,42 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn explain(what: &str, stderr: &Mutex<Vec<u8>>) -> String {
-    let tail = stderr.lock().unwrap_or_else(|e| e.into_inner());
-    let tail = String::from_utf8_lossy(&tail);
-    let tail = tail.trim();
-    if tail.is_empty() {
-        what.to_owned()
-    } else {
-        format!("{what}: {tail}")
+/// The last words of the transport's stderr (ssh's reason for failing),
+/// and whether it has ended.
+#[derive(Default)]
+struct StderrTail {
+    bytes: Mutex<Vec<u8>>,
+    ended: tokio::sync::Notify,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl StderrTail {
+    /// `what`, followed by what the transport printed. Waits briefly for
+    /// its stderr to end first: when the link fails, ssh's explanation is
+    /// usually still on its way.
+    async fn explain(&self, what: &str) -> String {
+        let ended = self.ended.notified();
+        if !self.done.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(Duration::from_millis(500), ended).await;
+        }
+        let tail = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let tail = String::from_utf8_lossy(&tail);
+        let tail = tail.trim();
+        if tail.is_empty() {
+            what.to_owned()
+        } else {
+            format!("{what}: {tail}")
+        }
     }
 }
 
-async fn collect_stderr(mut err: impl AsyncRead + Unpin, tail: Arc<Mutex<Vec<u8>>>) {
+async fn collect_stderr(err: impl AsyncRead + Unpin, tail: Arc<StderrTail>) {
+    read_stderr(err, &tail.bytes).await;
+    tail.done.store(true, Ordering::Release);
+    tail.ended.notify_waiters();
+}
+
+async fn read_stderr(mut err: impl AsyncRead + Unpin, tail: &Mutex<Vec<u8>>) {
     let mut chunk = [0u8; 4096];
     while let Ok(n) = err.read(&mut chunk).await {
         if n == 0 {
@@ -582,7 +604,7 @@ async fn read_loop(
     mut stdout: impl AsyncRead + Unpin,
     mut buf: Vec<u8>,
     shared: Arc<Shared>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<StderrTail>,
 ) {
     // `buf[start..]` holds bytes not yet decoded; consumed bytes are dropped
     // in one move before the next read instead of after every frame.
@@ -604,11 +626,7 @@ async fn read_loop(
         let have = buf.len();
         buf.resize(have + READ_SIZE, 0);
         match stdout.read(&mut buf[have..]).await {
-            Ok(0) => {
-                // Let ssh's last words (e.g. "Connection reset") arrive.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                break explain("agent gone (connection closed)", &stderr);
-            }
+            Ok(0) => break stderr.explain("agent gone (connection closed)").await,
             Ok(n) => buf.truncate(have + n),
             Err(e) => break format!("agent gone: {e}"),
         }

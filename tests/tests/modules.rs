@@ -48,6 +48,8 @@ fn record(tb: &Testbed, host: &str) -> Result<Vec<Record>> {
         )
         .env("ANSIBLE_LIBRARY", plays.join("library"))
         .env("ANSIBLE_PIPELINING", "True")
+        // No ControlPersist master outliving the run (and the host lock).
+        .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
         .env("ANSIBLE_NOCOLOR", "1")
         .env("SPINDLE_RECORD_DIR", &dir)
         .output()
@@ -231,5 +233,118 @@ async fn second_run_sends_no_code() -> Result<()> {
         "first run must carry the bundle"
     );
     assert!(second < 16 << 10, "second run sent {second} bytes");
+    Ok(())
+}
+
+/// The same payloads run on every target Python ansible-core supports
+/// (3.8 to 3.13) and give stock's result.
+#[tokio::test]
+async fn modules_run_on_every_supported_python() -> Result<()> {
+    let tb = Testbed::load()?;
+    let th = tb.host("sp3")?;
+    let _lock = th.lock()?;
+    let records = record(&tb, "sp3")?;
+    // ping, and a command whose output does not depend on the interpreter.
+    let chosen = [&records[0], &records[1]];
+    let host = tb.connect("sp3")?;
+    let mut tried = 0;
+    for (version, python) in &tb.pythons {
+        let minor: u32 = version
+            .strip_prefix("3.")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if minor < 8 {
+            continue;
+        }
+        for r in chosen {
+            let module = split(&r.payload)?;
+            let out = host.run_module(python, &module, Vec::new()).await?;
+            assert_eq!(
+                out.code,
+                Some(r.rc),
+                "python {version}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                normalized(&out.stdout)?,
+                normalized(&r.stdout)?,
+                "python {version}"
+            );
+        }
+        tried += 1;
+    }
+    assert_eq!(tried, 6, "expected Pythons 3.8 to 3.13 on the testbed");
+    Ok(())
+}
+
+/// More interpreter paths than the cap: at most 20 interpreters live at
+/// once, every run still succeeds, and a killed interpreter is replaced.
+#[tokio::test]
+async fn interpreter_cap_and_replacement() -> Result<()> {
+    const LOGIN_UID: u32 = 2001;
+    let tb = Testbed::load()?;
+    let th = tb.host("sp1")?;
+    let _lock = th.lock()?;
+    let records = record(&tb, "sp1")?;
+    let ping = split(&records[0].payload)?;
+    let host = tb.connect("sp1")?;
+    // 21 distinct interpreter paths: links to the system Python.
+    let links =
+        "d=$(mktemp -d); for i in $(seq 21); do ln -s /usr/bin/python3 $d/py$i; done; echo $d";
+    let dir = host
+        .exec(spindle_controller::protocol::Exec {
+            command: spindle_controller::protocol::Command::Shell(links.into()),
+            env: vec![],
+            cwd: None,
+            stdin: None,
+            pty: false,
+            timeout_ms: None,
+        })
+        .await?;
+    let dir = String::from_utf8(dir.stdout)?.trim().to_owned();
+    let zygotes = |th: &spindle_tests::TestHost| -> Result<Vec<(u32, String)>> {
+        Ok(th
+            .processes_of(LOGIN_UID)?
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("exec(sys.stdin.read())"))
+            .collect())
+    };
+    for i in 1..=21 {
+        let out = host
+            .run_module(&format!("{dir}/py{i}"), &ping, Vec::new())
+            .await?;
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            zygotes(th)?.len() <= 20,
+            "more than 20 interpreters after {i} paths"
+        );
+    }
+    assert_eq!(zygotes(th)?.len(), 20);
+
+    // Kill one; the next run on that path gets a fresh interpreter.
+    let (victim, _) = zygotes(th)?
+        .into_iter()
+        .find(|(_, c)| c.contains("/py21 "))
+        .context("py21 zygote")?;
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = host
+        .run_module(&format!("{dir}/py21"), &ping, Vec::new())
+        .await?;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(zygotes(th)?.iter().all(|(pid, _)| *pid != victim));
+    host.disconnect().await;
     Ok(())
 }

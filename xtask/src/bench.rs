@@ -37,13 +37,18 @@ pub struct Args {
 #[derive(clap::ValueEnum, Clone, Copy)]
 enum Suite {
     Transport,
+    /// Per-task time of Ansible modules: stock pipelining over a
+    /// ControlMaster vs Spindle's warm interpreters.
+    Modules,
 }
 
 const HOST: &str = "sp1";
 const STATE_DIR: &str = "/var/lib/spindle-testbed";
 
 pub fn run(args: Args) -> Result<()> {
-    let Suite::Transport = args.suite;
+    if let Suite::Modules = args.suite {
+        return modules(&args);
+    }
     agents::build()?;
     cargo(&[
         "build",
@@ -286,4 +291,154 @@ fn make_file(path: &Path, size_mib: u64) -> Result<()> {
         bail!("writing {}", path.display());
     }
     Ok(())
+}
+
+/// `bench modules`: records the pipelined payloads of a stock run (ping and
+/// `command: echo`), then times each as stock Ansible runs it per task
+/// (`/bin/sh -c 'python3 && sleep 0'` with the payload on stdin, over a
+/// ControlMaster) and as Spindle runs it (one request to a warm
+/// interpreter, code already cached). Medians of 30.
+fn modules(args: &Args) -> Result<()> {
+    agents::build()?;
+    crate::ansible_venv()?;
+    cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "spindle-controller",
+    ])?;
+    let root = agents::workspace_root();
+    let spindle = root.join("target/release/spindle");
+    let mut table = String::new();
+    writeln!(
+        table,
+        "| RTT | module | Spindle (warm) | stock pipelining | ratio |"
+    )?;
+    writeln!(table, "|---|---|---|---|---|")?;
+    for &rtt in &args.rtt_ms {
+        testbed::run(testbed::Command::Up {
+            hosts: 4,
+            rtt_ms: rtt,
+        })?;
+        let records = record_payloads(&root)?;
+        let b = Bench {
+            spindle: &spindle,
+            cfg: format!("{STATE_DIR}/ssh_config"),
+            runs: 30,
+        };
+        for (name, payload) in records.iter().take(2) {
+            let ours = b.spindle_module(payload)?;
+            let stock = b.stock_module(payload)?;
+            writeln!(
+                table,
+                "| {rtt} ms | {name} | {ours:.1} ms | {stock:.1} ms | {:.2}x |",
+                stock / ours
+            )?;
+        }
+    }
+    if args.rtt_ms.iter().any(|&r| r != 0) {
+        testbed::run(testbed::Command::Up {
+            hosts: 4,
+            rtt_ms: 0,
+        })?;
+    }
+    println!("\n{table}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &table)?;
+    }
+    Ok(())
+}
+
+/// Runs the recording playbook on the bench host; returns (module, payload).
+fn record_payloads(root: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
+    let dir = PathBuf::from(format!("/tmp/spindle-bench-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let plays = root.join("tests/ansible/record");
+    quiet(
+        Command::new(root.join("target/ansible-venv/bin/ansible-playbook"))
+            .args([
+                "-i",
+                &format!("{STATE_DIR}/inventory.ini"),
+                "-c",
+                "spindle_record",
+            ])
+            .args(["-e", &format!("target={HOST}")])
+            .arg(plays.join("modules.yml"))
+            .env(
+                "ANSIBLE_CONNECTION_PLUGINS",
+                plays.join("connection_plugins"),
+            )
+            .env("ANSIBLE_LIBRARY", plays.join("library"))
+            .env("ANSIBLE_PIPELINING", "True")
+            // No ControlPersist master outliving the run (and the host lock).
+            .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
+            .env("SPINDLE_RECORD_DIR", &dir),
+    )?;
+    Ok(vec![
+        ("ping", dir.join("000.payload")),
+        ("command: echo there", dir.join("001.payload")),
+    ])
+}
+
+impl Bench<'_> {
+    /// Median per-run time reported by `spindle module --repeat`, after the
+    /// first run (which starts the interpreter and sends the code).
+    fn spindle_module(&self, payload: &Path) -> Result<f64> {
+        let out = Command::new(self.spindle)
+            .args(["-F", &self.cfg, "module", HOST])
+            .arg(payload)
+            .args(["--repeat", &(self.runs + 1).to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "spindle module failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let times = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| l.split(" took ").nth(1))
+            .filter_map(|t| t.trim_end_matches(" ms").parse::<f64>().ok())
+            .skip(1)
+            .map(Ok)
+            .collect::<Vec<_>>();
+        median(times.into_iter())
+    }
+
+    /// Median wall time of stock Ansible's pipelined module command.
+    fn stock_module(&self, payload: &Path) -> Result<f64> {
+        let sock = format!("/tmp/spindle-bench-cm-{}", std::process::id());
+        let cp = format!("-oControlPath={sock}");
+        quiet(Command::new("ssh").args([
+            "-F",
+            &self.cfg,
+            "-oControlMaster=yes",
+            &cp,
+            "-oControlPersist=120",
+            "-fN",
+            HOST,
+        ]))?;
+        let result = median((0..self.runs).map(|_| {
+            time(|| {
+                quiet(
+                    Command::new("ssh")
+                        .args([
+                            "-F",
+                            &self.cfg,
+                            &cp,
+                            HOST,
+                            "/bin/sh -c '/usr/bin/python3 && sleep 0'",
+                        ])
+                        .stdin(std::fs::File::open(payload)?),
+                )
+            })
+        }));
+        let _ = Command::new("ssh")
+            .args(["-F", &self.cfg, &cp, "-Oexit", HOST])
+            .stderr(Stdio::null())
+            .status();
+        result
+    }
 }

@@ -74,7 +74,7 @@ fn testbed_up() -> Result<()> {
 /// ansible-core for the module tests, in `target/ansible-venv`.
 const ANSIBLE_CORE: &str = "ansible-core>=2.19,<2.20";
 
-fn ansible_venv() -> Result<()> {
+pub fn ansible_venv() -> Result<()> {
     let venv = agents::workspace_root().join("target/ansible-venv");
     if venv.join("bin/ansible-playbook").exists() {
         return Ok(());
