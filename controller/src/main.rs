@@ -198,12 +198,9 @@ async fn run(cli: Cli) -> Result<u8> {
                 _ => RemoteCommand::Argv(argv),
             };
             let req = Exec {
-                command,
-                env: Vec::new(),
-                cwd: None,
-                stdin: None,
                 pty,
                 timeout_ms: kill_after.map(|s| s * 1000),
+                ..Exec::new(command)
             };
             let t1 = Instant::now();
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
@@ -242,14 +239,8 @@ async fn run(cli: Cli) -> Result<u8> {
             let host = host(h)?;
             let t0 = Instant::now();
             let req = Put {
-                path: path.into(),
                 mode,
-                uid: None,
-                gid: None,
-                mtime: None,
-                atime: None,
-                size: 0,
-                data: None,
+                ..Put::new(path)
             };
             let r = host
                 .put_file(&local, req)
@@ -312,14 +303,7 @@ async fn run(cli: Cli) -> Result<u8> {
             let mut execs = Vec::new();
             for _ in 0..count {
                 let t = Instant::now();
-                let req = Exec {
-                    command: RemoteCommand::Argv(vec!["true".into()]),
-                    env: Vec::new(),
-                    cwd: None,
-                    stdin: None,
-                    pty: false,
-                    timeout_ms: None,
-                };
+                let req = Exec::argv(["true"]);
                 host.exec(req).await?;
                 execs.push(t.elapsed());
             }

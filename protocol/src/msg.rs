@@ -185,6 +185,29 @@ pub struct Exec {
     pub timeout_ms: Option<u64>,
 }
 
+impl Exec {
+    /// `/bin/sh -c script`, everything else default.
+    pub fn shell(script: impl Into<String>) -> Exec {
+        Exec::new(Command::Shell(script.into()))
+    }
+
+    /// `argv` executed directly, everything else default.
+    pub fn argv<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Exec {
+        Exec::new(Command::Argv(argv.into_iter().map(Into::into).collect()))
+    }
+
+    pub fn new(command: Command) -> Exec {
+        Exec {
+            command,
+            env: Vec::new(),
+            cwd: None,
+            stdin: None,
+            pty: false,
+            timeout_ms: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Executed directly, `argv[0]` looked up in `PATH`.
@@ -209,7 +232,7 @@ pub struct ExecResult {
 /// Write a file atomically: a hidden temporary file in the destination
 /// directory receives the data, gets its mode and owner on the open file,
 /// is synced and renamed over `path`; then times are set.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Put {
     pub path: String,
     /// Permission bits. Without them an existing file keeps its mode and a
@@ -294,6 +317,17 @@ pub enum FileKind {
     BlockDevice,
     Fifo,
     Socket,
+}
+
+impl Put {
+    /// A put to `path` with default mode, owner and times; the controller
+    /// fills in the size and data.
+    pub fn new(path: impl Into<String>) -> Put {
+        Put {
+            path: path.into(),
+            ..Put::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

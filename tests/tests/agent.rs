@@ -3,7 +3,7 @@
 //! (under `qemu-aarch64-static`).
 
 use spindle_controller::protocol::{
-    frame, Command, Exec, FromAgent, Ping, Reply, Request, ToAgent, HELLO_MAGIC,
+    frame, Exec, FromAgent, Ping, Reply, Request, ToAgent, HELLO_MAGIC,
 };
 use spindle_tests::agents_dir;
 use std::io::{Read, Write};
@@ -115,14 +115,7 @@ fn eof_ends_the_agent_and_its_commands() {
     let mut child = spawn("x86_64");
     hello(&mut child);
     let marker = std::env::temp_dir().join(format!("spindle-eof-{}", std::process::id()));
-    let req = Exec {
-        command: Command::Shell(format!("sleep 2; touch {}", marker.display())),
-        env: vec![],
-        cwd: None,
-        stdin: None,
-        pty: false,
-        timeout_ms: None,
-    };
+    let req = Exec::shell(format!("sleep 2; touch {}", marker.display()));
     send(
         &mut child,
         &ToAgent::Call {
@@ -167,14 +160,7 @@ fn aarch64_agent_runs_under_qemu() {
         },
     );
     assert!(matches!(reply(&mut child, 1), Reply::Pong(_)));
-    let req = Exec {
-        command: Command::Argv(vec!["echo".into(), "from-aarch64".into()]),
-        env: vec![],
-        cwd: None,
-        stdin: None,
-        pty: false,
-        timeout_ms: None,
-    };
+    let req = Exec::argv(["echo", "from-aarch64"]);
     send(
         &mut child,
         &ToAgent::Call {

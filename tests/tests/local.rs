@@ -2,7 +2,7 @@
 //! local shell (the same command line and stages as over SSH) and every
 //! operation runs for real on this machine.
 
-use spindle_controller::protocol::{Command, Exec, Put, StreamKind};
+use spindle_controller::protocol::{Exec, Put, StreamKind};
 use spindle_controller::{Controller, Destination, Host, Target, Transport};
 use spindle_tests::{agents, sha256};
 use std::sync::Arc;
@@ -20,21 +20,10 @@ fn local(python: Option<&str>) -> Arc<Host> {
     })
 }
 
-fn shell(script: &str) -> Exec {
-    Exec {
-        command: Command::Shell(script.into()),
-        env: vec![],
-        cwd: None,
-        stdin: None,
-        pty: false,
-        timeout_ms: None,
-    }
-}
-
 #[tokio::test]
 async fn exec_output_status_env_cwd_stdin() {
     let host = local(None);
-    let mut req = shell("cat; echo \"$FOO\" >&2; pwd; exit 3");
+    let mut req = Exec::shell("cat; echo \"$FOO\" >&2; pwd; exit 3");
     req.env = vec![("FOO".into(), "bar".into())];
     req.cwd = Some("/usr".into());
     req.stdin = Some(b"from stdin\n".to_vec().into());
@@ -43,24 +32,13 @@ async fn exec_output_status_env_cwd_stdin() {
     assert_eq!(out.stdout, b"from stdin\n/usr\n");
     assert_eq!(out.stderr, b"bar\n");
 
-    let argv = Exec {
-        command: Command::Argv(vec![
-            "printf".into(),
-            "%s-%s".into(),
-            "a b".into(),
-            "c".into(),
-        ]),
-        ..shell("")
-    };
+    let argv = Exec::argv(["printf", "%s-%s", "a b", "c"]);
     assert_eq!(host.exec(argv).await.unwrap().stdout, b"a b-c");
 
-    let killed = host.exec(shell("kill -9 $$")).await.unwrap();
+    let killed = host.exec(Exec::shell("kill -9 $$")).await.unwrap();
     assert_eq!((killed.code, killed.signal), (None, Some(9)));
 
-    let missing = Exec {
-        command: Command::Argv(vec!["/nonexistent/prog".into()]),
-        ..shell("")
-    };
+    let missing = Exec::argv(["/nonexistent/prog"]);
     let err = host.exec(missing).await.unwrap_err();
     assert!(!err.is_unreachable(), "{err}");
     assert!(err.to_string().contains("not found"), "{err}");
@@ -69,7 +47,7 @@ async fn exec_output_status_env_cwd_stdin() {
 #[tokio::test]
 async fn pty_merges_output_and_is_a_terminal() {
     let host = local(None);
-    let mut req = shell("tty >/dev/null && echo tty-yes; echo err >&2");
+    let mut req = Exec::shell("tty >/dev/null && echo tty-yes; echo err >&2");
     req.pty = true;
     let out = host.exec(req).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -83,7 +61,7 @@ async fn timeout_kills_the_process_group() {
     let host = local(None);
     let dir = tempdir();
     let marker = format!("{dir}/survivor");
-    let mut req = shell(&format!("(sleep 2; touch {marker}) & sleep 30"));
+    let mut req = Exec::shell(format!("(sleep 2; touch {marker}) & sleep 30"));
     req.timeout_ms = Some(300);
     let out = host.exec(req).await.unwrap();
     assert!(out.timed_out);
@@ -100,7 +78,7 @@ async fn cancel_by_dropping_the_request_kills_it() {
     let host = local(None);
     let dir = tempdir();
     let marker = format!("{dir}/survivor");
-    let req = shell(&format!("sleep 2; touch {marker}"));
+    let req = Exec::shell(format!("sleep 2; touch {marker}"));
     let run = host.exec(req);
     let cancelled = tokio::time::timeout(std::time::Duration::from_millis(500), run).await;
     assert!(cancelled.is_err());
@@ -120,7 +98,7 @@ async fn large_output_streams_in_order() {
     let script = "i=0; while [ $i -lt 400000 ]; do echo line-$i; i=$((i+1)); done";
     let mut chunks = 0;
     let mut hash_input = Vec::new();
-    host.exec_with(shell(script), |kind, data| {
+    host.exec_with(Exec::shell(script), |kind, data| {
         assert_eq!(kind, StreamKind::Stdout);
         chunks += 1;
         hash_input.extend_from_slice(data);
@@ -144,17 +122,12 @@ async fn put_fetch_stat_tempdir() {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         let path = format!("{dir}/f{size}");
         let req = Put {
-            path: path.clone(),
             mode: Some(0o640),
-            uid: None,
-            gid: None,
             mtime: Some(spindle_controller::protocol::Timestamp {
                 secs: 1_000_000_000,
                 nanos: 5,
             }),
-            atime: None,
-            size: 0,
-            data: None,
+            ..Put::new(path.clone())
         };
         let r = host.put(&data[..], size as u64, req).await.unwrap();
         assert_eq!(r.size, size as u64);
@@ -169,19 +142,13 @@ async fn put_fetch_stat_tempdir() {
         assert_eq!(sha256(&back), sha256(&data), "size {size}");
     }
     // Nothing but the files themselves: no temporary leftovers.
-    let ls = host.exec(shell(&format!("ls -A {dir}"))).await.unwrap();
+    let ls = host
+        .exec(Exec::shell(format!("ls -A {dir}")))
+        .await
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 5);
 
-    let short = Put {
-        path: format!("{dir}/short"),
-        mode: None,
-        uid: None,
-        gid: None,
-        mtime: None,
-        atime: None,
-        size: 0,
-        data: None,
-    };
+    let short = Put::new(format!("{dir}/short"));
     // A source that ends before its announced size fails and leaves nothing.
     let err = host.put(&b"abc"[..], 1 << 20, short).await.unwrap_err();
     assert!(err.to_string().contains("source"), "{err}");
@@ -191,7 +158,10 @@ async fn put_fetch_stat_tempdir() {
         .unwrap()
         .stat
         .is_none());
-    let ls = host.exec(shell(&format!("ls -A {dir}"))).await.unwrap();
+    let ls = host
+        .exec(Exec::shell(format!("ls -A {dir}")))
+        .await
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&ls.stdout).lines().count(),
         5,
@@ -217,16 +187,7 @@ async fn put_fetch_stat_tempdir() {
 #[tokio::test]
 async fn put_into_missing_directory_is_a_clear_error() {
     let host = local(None);
-    let req = Put {
-        path: "/nonexistent-dir/file".into(),
-        mode: None,
-        uid: None,
-        gid: None,
-        mtime: None,
-        atime: None,
-        size: 0,
-        data: None,
-    };
+    let req = Put::new("/nonexistent-dir/file");
     let err = host.put(&b"x"[..], 1, req).await.unwrap_err();
     assert!(!err.is_unreachable());
     assert!(err.to_string().contains("/nonexistent-dir"), "{err}");

@@ -168,16 +168,9 @@ async fn modules_match_stock_runs() -> Result<()> {
     let host = tb.connect("sp2")?;
     // Restore the state the stock run started from (lineinfile's file and
     // the remote_tmp a module creates on first use).
-    host.exec(spindle_controller::protocol::Exec {
-        command: spindle_controller::protocol::Command::Shell(
-            "rm -rf /tmp/spindle-record-lines ~/.ansible".into(),
-        ),
-        env: vec![],
-        cwd: None,
-        stdin: None,
-        pty: false,
-        timeout_ms: None,
-    })
+    host.exec(spindle_controller::protocol::Exec::shell(
+        "rm -rf /tmp/spindle-record-lines ~/.ansible",
+    ))
     .await?;
     for r in &records {
         let (rc, result, stderr) = replay(&host, r).await?;
@@ -292,14 +285,7 @@ async fn interpreter_cap_and_replacement() -> Result<()> {
     let links =
         "d=$(mktemp -d); for i in $(seq 21); do ln -s /usr/bin/python3 $d/py$i; done; echo $d";
     let dir = host
-        .exec(spindle_controller::protocol::Exec {
-            command: spindle_controller::protocol::Command::Shell(links.into()),
-            env: vec![],
-            cwd: None,
-            stdin: None,
-            pty: false,
-            timeout_ms: None,
-        })
+        .exec(spindle_controller::protocol::Exec::shell(links))
         .await?;
     let dir = String::from_utf8(dir.stdout)?.trim().to_owned();
     let zygotes = |th: &spindle_tests::TestHost| -> Result<Vec<(u32, String)>> {

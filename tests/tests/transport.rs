@@ -3,7 +3,7 @@
 //! logins, files or processes on a host holds that host's lock.
 
 use anyhow::Result;
-use spindle_controller::protocol::{Command, Exec, Put};
+use spindle_controller::protocol::{Exec, Put};
 use spindle_controller::Host;
 use spindle_tests::{peak_rss_kib, run_measuring_rss, sha256, Testbed};
 use std::sync::Arc;
@@ -12,32 +12,8 @@ use std::time::{Duration, Instant};
 /// The login account's uid on every testbed host.
 const LOGIN_UID: u32 = 2001;
 
-fn shell(script: &str) -> Exec {
-    Exec {
-        command: Command::Shell(script.into()),
-        env: vec![],
-        cwd: None,
-        stdin: None,
-        pty: false,
-        timeout_ms: None,
-    }
-}
-
-fn put_req(path: &str) -> Put {
-    Put {
-        path: path.into(),
-        mode: None,
-        uid: None,
-        gid: None,
-        mtime: None,
-        atime: None,
-        size: 0,
-        data: None,
-    }
-}
-
 async fn stdout(host: &Host, script: &str) -> String {
-    let out = host.exec(shell(script)).await.expect("exec");
+    let out = host.exec(Exec::shell(script)).await.expect("exec");
     assert_eq!(
         out.code,
         Some(0),
@@ -117,10 +93,7 @@ async fn thousand_sequential_and_two_hundred_concurrent_execs_one_login() -> Res
         r??;
     }
     for i in 0..1000 {
-        let req = Exec {
-            command: Command::Argv(vec!["echo".into(), format!("seq-{i}")]),
-            ..shell("")
-        };
+        let req = Exec::argv(["echo".to_owned(), format!("seq-{i}")]);
         let out = host.exec(req).await?;
         assert_eq!(out.stdout, format!("seq-{i}\n").into_bytes());
     }
@@ -129,7 +102,7 @@ async fn thousand_sequential_and_two_hundred_concurrent_execs_one_login() -> Res
         let host = host.clone();
         set.spawn(async move {
             let out = host
-                .exec(shell(&format!("sleep 0.2; echo con-{i}")))
+                .exec(Exec::shell(format!("sleep 0.2; echo con-{i}")))
                 .await?;
             anyhow::ensure!(
                 out.stdout == format!("con-{i}\n").into_bytes(),
@@ -251,7 +224,7 @@ async fn one_gib_put_and_fetch() -> Result<()> {
 
     // The agent's memory across a put and a fetch of 1 GiB on one link.
     let link = host.link().await?;
-    let req = put_req("/var/tmp/gib2.bin");
+    let req = Put::new("/var/tmp/gib2.bin");
     host.put_file(&src, req).await?;
     host.fetch("/var/tmp/gib2.bin", tokio::io::sink()).await?;
     let agent_rss = peak_rss_kib(link.hello().pid)?;
@@ -309,17 +282,17 @@ async fn readers_never_see_partial_puts() -> Result<()> {
     let path = format!("{dir}/f");
     let a = vec![b'a'; 3 << 20];
     let b = vec![b'b'; 3 << 20];
-    host.put(&a[..], a.len() as u64, put_req(&path)).await?;
+    host.put(&a[..], a.len() as u64, Put::new(&path)).await?;
     let (sum_a, sum_b) = (sha256(&a), sha256(&b));
 
     let reader = {
         let host = host.clone();
         let script = format!("for i in $(seq 400); do sha256sum <{path}; done");
-        tokio::spawn(async move { host.exec(shell(&script)).await })
+        tokio::spawn(async move { host.exec(Exec::shell(&script)).await })
     };
     for i in 0..30 {
         let data = if i % 2 == 0 { &b } else { &a };
-        host.put(&data[..], data.len() as u64, put_req(&path))
+        host.put(&data[..], data.len() as u64, Put::new(&path))
             .await?;
     }
     let out = reader.await??;
@@ -348,10 +321,7 @@ async fn killed_agent_fails_in_flight_requests_and_reconnects() -> Result<()> {
     let pid = host.link().await?.hello().pid;
     let slow = {
         let host = host.clone();
-        let req = Exec {
-            command: Command::Argv(vec!["sleep".into(), "31".into()]),
-            ..shell("")
-        };
+        let req = Exec::argv(["sleep", "31"]);
         tokio::spawn(async move { host.exec(req).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -396,7 +366,7 @@ async fn cut_link_fails_within_timeout() -> Result<()> {
     host.ping().await?;
     let slow = {
         let host = host.clone();
-        tokio::spawn(async move { host.exec(shell("sleep 60")).await })
+        tokio::spawn(async move { host.exec(Exec::shell("sleep 60")).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
@@ -428,7 +398,7 @@ async fn disconnect_leaves_no_process() -> Result<()> {
     host.ping().await?;
     let running = {
         let host = host.clone();
-        tokio::spawn(async move { host.exec(shell("sleep 300 & sleep 200")).await })
+        tokio::spawn(async move { host.exec(Exec::shell("sleep 300 & sleep 200")).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!th.processes_of(LOGIN_UID)?.is_empty());

@@ -206,6 +206,16 @@ impl Bench<'_> {
 
     /// Median of `n` `ssh host true` over one ControlMaster, in ms.
     fn ssh_master_exec(&self, n: usize) -> Result<f64> {
+        self.with_master(|cp| {
+            median((0..n).map(|_| {
+                time(|| quiet(Command::new("ssh").args(["-F", &self.cfg, cp, HOST, "true"])))
+            }))
+        })
+    }
+
+    /// Runs `f` with a ControlMaster to the host up; `f` gets the
+    /// `-oControlPath=…` argument that reaches it.
+    fn with_master<T>(&self, f: impl FnOnce(&str) -> Result<T>) -> Result<T> {
         let sock = format!("/tmp/spindle-bench-cm-{}", std::process::id());
         let cp = format!("-oControlPath={sock}");
         let status = Command::new("ssh")
@@ -222,9 +232,7 @@ impl Bench<'_> {
         if !status.success() {
             bail!("could not start an ssh ControlMaster");
         }
-        let result = median((0..n).map(|_| {
-            time(|| quiet(Command::new("ssh").args(["-F", &self.cfg, &cp, HOST, "true"])))
-        }));
+        let result = f(&cp);
         let _ = Command::new("ssh")
             .args(["-F", &self.cfg, &cp, "-Oexit", HOST])
             .stderr(Stdio::null())
@@ -409,36 +417,22 @@ impl Bench<'_> {
 
     /// Median wall time of stock Ansible's pipelined module command.
     fn stock_module(&self, payload: &Path) -> Result<f64> {
-        let sock = format!("/tmp/spindle-bench-cm-{}", std::process::id());
-        let cp = format!("-oControlPath={sock}");
-        quiet(Command::new("ssh").args([
-            "-F",
-            &self.cfg,
-            "-oControlMaster=yes",
-            &cp,
-            "-oControlPersist=120",
-            "-fN",
-            HOST,
-        ]))?;
-        let result = median((0..self.runs).map(|_| {
-            time(|| {
-                quiet(
-                    Command::new("ssh")
-                        .args([
-                            "-F",
-                            &self.cfg,
-                            &cp,
-                            HOST,
-                            "/bin/sh -c '/usr/bin/python3 && sleep 0'",
-                        ])
-                        .stdin(std::fs::File::open(payload)?),
-                )
-            })
-        }));
-        let _ = Command::new("ssh")
-            .args(["-F", &self.cfg, &cp, "-Oexit", HOST])
-            .stderr(Stdio::null())
-            .status();
-        result
+        self.with_master(|cp| {
+            median((0..self.runs).map(|_| {
+                time(|| {
+                    quiet(
+                        Command::new("ssh")
+                            .args([
+                                "-F",
+                                &self.cfg,
+                                cp,
+                                HOST,
+                                "/bin/sh -c '/usr/bin/python3 && sleep 0'",
+                            ])
+                            .stdin(std::fs::File::open(payload)?),
+                    )
+                })
+            }))
+        })
     }
 }
