@@ -28,12 +28,9 @@ const PYTHONS: &[&str] = &[
 
 pub fn hello() -> Hello {
     let uid = sys::uid();
-    let (user, home) = passwd_entry(uid).unwrap_or_else(|| {
-        (
-            std::env::var("USER").unwrap_or_default(),
-            std::env::var("HOME").unwrap_or_default(),
-        )
-    });
+    let env = |k| std::env::var(k).unwrap_or_default();
+    let (user, home, shell) =
+        passwd_entry(uid).unwrap_or_else(|| (env("USER"), env("HOME"), env("SHELL")));
     Hello {
         version: VERSION,
         build_id: BUILD_ID.to_owned(),
@@ -44,16 +41,19 @@ pub fn hello() -> Hello {
         user,
         home,
         pythons: find_pythons(),
+        shell,
     }
 }
 
-/// Name and home directory of `uid` from /etc/passwd. A static musl binary
-/// has no NSS modules, so this is what it could see anyway.
-fn passwd_entry(uid: u32) -> Option<(String, String)> {
+/// Name, home directory and login shell of `uid` from /etc/passwd. A
+/// static musl binary has no NSS modules, so this is what it could see
+/// anyway.
+fn passwd_entry(uid: u32) -> Option<(String, String, String)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
-        (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| (f[0].to_owned(), f[5].to_owned()))
+        (f.len() >= 7 && f[2].parse() == Ok(uid))
+            .then(|| (f[0].to_owned(), f[5].to_owned(), f[6].to_owned()))
     })
 }
 

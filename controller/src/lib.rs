@@ -9,6 +9,7 @@ pub mod agents;
 mod error;
 mod host;
 mod link;
+pub mod serve;
 pub mod transport;
 
 pub use agents::AgentStore;

@@ -697,6 +697,7 @@ mod tests {
             user: "root".into(),
             home: "/root".into(),
             pythons: vec![],
+            shell: "/bin/sh".into(),
         }
     }
 

@@ -102,6 +102,14 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: u32,
     },
+    /// Serve the Ansible plugin on a UNIX socket until `--parent-pid` exits.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        parent_pid: Option<u32>,
+    },
     /// Connect, start the agent, and measure round trips.
     Ping {
         host: String,
@@ -258,6 +266,10 @@ async fn run(cli: Cli) -> Result<u8> {
                 .await
                 .with_context(|| format!("copying {remote} to {}", local.display()))?;
             report_transfer(r.size, t0);
+            Ok(0)
+        }
+        Command::Serve { socket, parent_pid } => {
+            spindle_controller::serve::serve(&socket, parent_pid, controller).await?;
             Ok(0)
         }
         Command::Module {

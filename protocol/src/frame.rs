@@ -105,6 +105,41 @@ mod tests {
         assert_eq!(back, msg);
     }
 
+    /// A hello from an agent that predates `Hello::shell` still decodes.
+    #[test]
+    fn hello_without_newer_fields_decodes() {
+        #[derive(serde::Serialize)]
+        enum Old {
+            Hello {
+                version: u32,
+                build_id: String,
+                arch: String,
+                pid: u32,
+                uid: u32,
+                gid: u32,
+                user: String,
+                home: String,
+                pythons: Vec<String>,
+            },
+        }
+        let old = Old::Hello {
+            version: 1,
+            build_id: "b".into(),
+            arch: "x86_64".into(),
+            pid: 2,
+            uid: 3,
+            gid: 4,
+            user: "u".into(),
+            home: "/h".into(),
+            pythons: vec![],
+        };
+        let bytes = encode(&old).unwrap();
+        match decode::<FromAgent>(&bytes).unwrap().unwrap().0 {
+            FromAgent::Hello(h) => assert_eq!((h.pid, h.shell.as_str()), (2, "")),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn oversized_prefix_rejected_before_body_arrives() {
         let header = ((MAX_FRAME + 1) as u32).to_be_bytes();

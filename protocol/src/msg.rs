@@ -88,6 +88,10 @@ pub struct Hello {
     pub home: String,
     /// Python interpreters found on the host, best first.
     pub pythons: Vec<String>,
+    /// The account's login shell (what sshd runs commands with); empty if
+    /// unknown.
+    #[serde(default)]
+    pub shell: String,
 }
 
 /// Every request the agent understands. Each variant's payload type

@@ -302,6 +302,7 @@ fn golden_encodings() {
             user: "deploy".into(),
             home: "/home/deploy".into(),
             pythons: vec!["/usr/bin/python3".into(), "/usr/bin/python3.11".into()],
+            shell: "/bin/bash".into(),
         }),
     );
     g.upstream(
@@ -316,6 +317,7 @@ fn golden_encodings() {
             user: "root".into(),
             home: "/root".into(),
             pythons: vec![],
+            shell: String::new(),
         }),
     );
 

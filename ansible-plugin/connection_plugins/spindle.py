@@ -1,0 +1,155 @@
+# Spindle's Ansible connection plugin: every remote step of a task goes to
+# the run's Spindle controller, which keeps one SSH connection and one
+# in-memory agent per host. Modules run pipelined in the agent's warm
+# interpreters; other commands and file transfers go over the same link.
+#
+# It reads the same settings as Ansible's ssh plugin (its options are the
+# ssh plugin's), so inventories work unchanged: ansible_connection=spindle.
+import os
+import shlex
+import sys
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
+from ansible.plugins.connection import ConnectionBase
+from ansible.plugins.connection import ssh as _ssh
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from spindle_ansible import client as _client  # noqa: E402
+from spindle_ansible import payload as _payload  # noqa: E402
+
+DOCUMENTATION = _ssh.DOCUMENTATION.replace("name: ssh", "name: spindle", 1)
+
+# ssh options that would make our ssh a long-lived multiplexing master; the
+# controller already keeps exactly one connection per host for the run.
+_MUX_OPTIONS = ("controlmaster", "controlpersist", "controlpath")
+
+
+def _without_mux(args):
+    out, skip = [], False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        opt = None
+        if a == "-o" and i + 1 < len(args):
+            opt, skip = args[i + 1], True
+        elif a.startswith("-o"):
+            opt = a[2:]
+        if opt is not None and opt.strip().lower().startswith(_MUX_OPTIONS):
+            continue
+        if opt is not None and a == "-o":
+            out.extend([a, opt])
+        else:
+            out.append(a)
+    return out
+
+
+class Connection(ConnectionBase):
+    transport = "spindle"
+    has_pipelining = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._client = None
+
+    def get_option(self, option, hostvars=None):
+        # Modules always travel pipelined: that is what lets them run in one
+        # round trip from a cached bundle.
+        if option == "pipelining":
+            return True
+        return super().get_option(option, hostvars)
+
+    def _target(self):
+        args = []
+        for name in ("ssh_args", "ssh_common_args", "ssh_extra_args"):
+            value = self.get_option(name)
+            if value:
+                args.extend(shlex.split(value))
+        if not self.get_option("host_key_checking"):
+            args.extend(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        if self.get_option("password"):
+            raise AnsibleError("spindle: password authentication is not supported yet; use keys or an ssh agent")
+        port = self.get_option("port")
+        key = self.get_option("private_key_file")
+        return {
+            "host": self.get_option("host") or self._play_context.remote_addr,
+            "port": int(port) if port else None,
+            "user": self.get_option("remote_user"),
+            "identity": os.path.expanduser(key) if key else None,
+            "ssh_args": _without_mux(args),
+            "ssh_executable": self.get_option("ssh_executable"),
+            "timeout": int(self.get_option("timeout")),
+        }
+
+    def _connect(self):
+        if self._client is None:
+            self._client = _client.Client()
+        self._connected = True
+        return self
+
+    def _call(self, request):
+        request["target"] = self._target()
+        try:
+            return self._client.call(request)
+        except _client.ControllerError as e:
+            if e.unreachable:
+                raise AnsibleConnectionFailure(str(e))
+            raise AnsibleError("spindle: %s" % e)
+
+    def exec_command(self, cmd, in_data=None, sudoable=True):
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        module = _pipelined_module(cmd, in_data) if in_data else None
+        if module is not None:
+            python, env, parts = module
+            parts["zip"] = _client.b64(parts["zip"])
+            reply = self._call({"op": "module", "python": python, "env": env, "module": parts})
+        else:
+            request = {"op": "exec", "cmd": cmd, "stdin": _client.b64(in_data) if in_data else None}
+            reply = self._call(request)
+        return reply["rc"], _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
+
+    def put_file(self, in_path, out_path):
+        super().put_file(in_path, out_path)
+        if not os.path.exists(in_path):
+            raise AnsibleFileNotFound("file or module does not exist: %s" % in_path)
+        self._call({"op": "put", "src": in_path, "dst": out_path})
+
+    def fetch_file(self, in_path, out_path):
+        super().fetch_file(in_path, out_path)
+        self._call({"op": "fetch", "src": in_path, "dst": out_path})
+
+    def reset(self):
+        if self._client is not None:
+            self._call({"op": "reset"})
+
+    def close(self):
+        # The controller keeps the host's link for the rest of the run.
+        self._connected = False
+
+
+def _pipelined_module(cmd, in_data):
+    """(python, env, split payload) when `cmd` is Ansible's pipelined module
+    command (`/bin/sh -c '[VAR=value ...] PYTHON && sleep 0'`) and the data
+    an AnsiballZ wrapper; None otherwise (then it runs as a plain command)."""
+    try:
+        outer = shlex.split(cmd)
+        if len(outer) != 3 or outer[1] != "-c" or not outer[0].endswith("sh"):
+            return None
+        words = shlex.split(outer[2])
+    except ValueError:
+        return None
+    if words[-3:] != ["&&", "sleep", "0"] or len(words) < 4:
+        return None
+    *assignments, python = words[:-3]
+    env = {}
+    for a in assignments:
+        name, eq, value = a.partition("=")
+        if not eq or not name.isidentifier():
+            return None
+        env[name] = value
+    if not python.startswith("/"):
+        return None
+    try:
+        return python, env, _payload.split(in_data)
+    except _payload.NotAnsiballZ:
+        return None

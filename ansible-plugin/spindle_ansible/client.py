@@ -1,0 +1,134 @@
+"""The plugin's side of the controller socket: finds or starts the
+controller of this ``ansible-playbook`` run and exchanges requests with it.
+
+One controller serves the whole run: it is started by the first worker that
+needs it, listens on a UNIX socket in a private 0700 directory named after
+the run's main process, and exits when that process does.
+"""
+import base64
+import fcntl
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+__all__ = ["Client", "ControllerError"]
+
+
+class ControllerError(Exception):
+    def __init__(self, message, unreachable):
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+def _private_dir():
+    path = os.path.join(tempfile.gettempdir(), "spindle-%d" % os.getuid())
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ControllerError("%s must be a directory private to this user" % path, False)
+    return path
+
+
+def _spindle_binary():
+    found = os.environ.get("SPINDLE_BIN") or shutil.which("spindle")
+    if found:
+        return found
+    here = os.path.dirname(os.path.abspath(__file__))
+    for build in ("release", "debug"):
+        candidate = os.path.join(here, "..", "..", "target", build, "spindle")
+        if os.access(candidate, os.X_OK):
+            return os.path.normpath(candidate)
+    raise ControllerError("spindle binary not found: install it on PATH or set SPINDLE_BIN", False)
+
+
+class Client(object):
+    """A connection to the run's controller, opened on first use."""
+
+    def __init__(self, run_pid=None):
+        self.run_pid = run_pid or os.getppid()
+        self.sock = None
+
+    def _connect(self):
+        where = _private_dir()
+        path = os.path.join(where, "%d.sock" % self.run_pid)
+        sock = self._try(path)
+        if sock is None:
+            with open(path + ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                sock = self._try(path)
+                if sock is None:
+                    sock = self._start(path)
+        self.sock = sock
+
+    @staticmethod
+    def _try(path):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            return None
+
+    def _start(self, path):
+        if os.path.exists(path):
+            os.unlink(path)  # left by a controller that died
+        log = open(path[: -len(".sock")] + ".log", "ab")
+        subprocess.Popen(
+            [_spindle_binary(), "serve", "--socket", path, "--parent-pid", str(self.run_pid)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            sock = self._try(path)
+            if sock is not None:
+                return sock
+            time.sleep(0.01)
+        raise ControllerError("the spindle controller did not start (see %s.log)" % path[:-5], False)
+
+    def call(self, request):
+        if self.sock is None:
+            self._connect()
+        body = json.dumps(request).encode("utf-8")
+        try:
+            self.sock.sendall(struct.pack(">I", len(body)) + body)
+            header = self._recv(4)
+            reply = json.loads(self._recv(struct.unpack(">I", header)[0]).decode("utf-8"))
+        except (OSError, EOFError) as e:
+            self.close()
+            raise ControllerError("lost the spindle controller: %s" % e, True)
+        if "error" in reply:
+            raise ControllerError(reply["error"], reply.get("unreachable", False))
+        return reply
+
+    def _recv(self, n):
+        parts = []
+        while n:
+            chunk = self.sock.recv(min(n, 1 << 20))
+            if not chunk:
+                raise EOFError("controller closed the connection")
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text):
+    return base64.b64decode(text)

@@ -1,0 +1,261 @@
+//! `spindle serve`: the controller as a per-run daemon for the Ansible
+//! plugin.
+//!
+//! Theory of operation:
+//! 1. The plugin (in an Ansible worker process) starts `spindle serve` on a
+//!    UNIX socket in a private 0700 directory, once per `ansible-playbook`
+//!    run, and names that process as `--parent-pid`.
+//! 2. Each worker connects and sends requests: a `u32` big-endian length and
+//!    a JSON object (bytes as base64). Requests on one connection are
+//!    answered in order; connections are served concurrently.
+//! 3. Every request names its target; the daemon keeps one [`Host`] (one
+//!    SSH connection, one agent) per target for the whole run, whichever
+//!    worker asks.
+//! 4. Peers must run as our own user (checked with `SO_PEERCRED`). The
+//!    daemon exits when its parent process is gone, taking every SSH
+//!    connection (and so every agent) with it.
+
+use crate::host::{Controller, Module, Target};
+use crate::transport::{Destination, SshOptions, Transport};
+use crate::{Error, Host};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use spindle_protocol::{Exec, ModuleEntry, Put};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Largest request accepted from the plugin: module bundles travel inline.
+const MAX_REQUEST: usize = 64 << 20;
+
+/// How the plugin describes a target: the ssh settings Ansible resolved.
+#[derive(Debug, Deserialize)]
+struct TargetSpec {
+    host: String,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    identity: Option<PathBuf>,
+    /// Extra ssh arguments (common args, extra args), already split.
+    #[serde(default)]
+    ssh_args: Vec<String>,
+    #[serde(default)]
+    ssh_executable: Option<String>,
+    /// Seconds for connecting (Ansible's `timeout`).
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+impl TargetSpec {
+    fn target(&self) -> Target {
+        let timeout = Duration::from_secs(self.timeout.unwrap_or(10).max(1));
+        Target {
+            transport: Transport::Ssh(SshOptions {
+                program: self.ssh_executable.clone().unwrap_or_else(|| "ssh".into()),
+                identity: self.identity.clone(),
+                extra_args: self.ssh_args.clone(),
+                connect_timeout: timeout,
+                ..SshOptions::default()
+            }),
+            dest: Destination {
+                user: self.user.clone(),
+                host: self.host.clone(),
+                port: self.port,
+            },
+            python: None,
+        }
+    }
+}
+
+/// Serves until the parent process is gone.
+pub async fn serve(
+    socket: &Path,
+    parent_pid: Option<u32>,
+    controller: Controller,
+) -> anyhow::Result<()> {
+    let listener = UnixListener::bind(socket)?;
+    let controller = Arc::new(controller);
+    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
+    tracing::info!(socket = %socket.display(), ?parent_pid, "serving");
+    let parent_gone = async {
+        match parent_pid {
+            Some(pid) => {
+                let proc = PathBuf::from(format!("/proc/{pid}"));
+                while proc.exists() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(parent_gone);
+    loop {
+        tokio::select! {
+            () = &mut parent_gone => break,
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == me => {}
+                    _ => {
+                        tracing::warn!("refused a connection from another user");
+                        continue;
+                    }
+                }
+                let controller = controller.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client(stream, &controller).await {
+                        tracing::debug!("plugin connection ended: {e}");
+                    }
+                });
+            }
+        }
+    }
+    // The lock file the plugin used to start us, and our log if empty.
+    let _ = std::fs::remove_file(socket);
+    let _ = std::fs::remove_file(socket.with_extension("sock.lock"));
+    let log = socket.with_extension("log");
+    if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(log);
+    }
+    Ok(())
+}
+
+async fn client(mut stream: UnixStream, controller: &Controller) -> anyhow::Result<()> {
+    loop {
+        let mut header = [0u8; 4];
+        match stream.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        anyhow::ensure!(len <= MAX_REQUEST, "request of {len} bytes is too large");
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await?;
+        let reply = match serde_json::from_slice::<Value>(&body) {
+            Ok(req) => handle(controller, req)
+                .await
+                .unwrap_or_else(|e| error_reply(&e)),
+            Err(e) => json!({"error": format!("malformed request: {e}"), "unreachable": false}),
+        };
+        let bytes = serde_json::to_vec(&reply)?;
+        stream
+            .write_all(&(bytes.len() as u32).to_be_bytes())
+            .await?;
+        stream.write_all(&bytes).await?;
+    }
+}
+
+fn error_reply(e: &Error) -> Value {
+    json!({"error": e.to_string(), "unreachable": e.is_unreachable()})
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn unb64(v: &Value, what: &str) -> Result<Vec<u8>, Error> {
+    let s = v.as_str().unwrap_or_default();
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| Error::Local(format!("{what}: {e}")))
+}
+
+fn field<'a>(req: &'a Value, name: &str) -> Result<&'a str, Error> {
+    req[name]
+        .as_str()
+        .ok_or_else(|| Error::Local(format!("request lacks {name:?}")))
+}
+
+async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
+    let spec: TargetSpec = serde_json::from_value(req["target"].clone())
+        .map_err(|e| Error::Local(format!("bad target: {e}")))?;
+    let host: Arc<Host> = controller.host(spec.target());
+    match field(&req, "op")? {
+        "exec" => {
+            // As sshd runs a command: with the account's login shell.
+            let link = host.link().await?;
+            let shell = match link.hello().shell.as_str() {
+                "" => "/bin/sh",
+                s => s,
+            };
+            let mut exec = Exec::argv([shell, "-c", field(&req, "cmd")?]);
+            if !req["stdin"].is_null() {
+                exec.stdin = Some(unb64(&req["stdin"], "stdin")?.into());
+            }
+            let out = host.exec(exec).await?;
+            Ok(
+                json!({"rc": exit_code(out.code, out.signal), "stdout": b64(&out.stdout), "stderr": b64(&out.stderr)}),
+            )
+        }
+        "module" => {
+            let m = &req["module"];
+            let entry = match field(m, "entry")? {
+                "loader" => ModuleEntry::Loader,
+                _ => ModuleEntry::Runpy,
+            };
+            let mut module = Module::new(
+                unb64(&m["zip"], "zip")?,
+                entry,
+                field(m, "fqn")?.to_owned(),
+                field(m, "params")?.to_owned(),
+            );
+            module.profile = m["profile"].as_str().map(str::to_owned);
+            module.extensions = m["extensions"].as_str().map(str::to_owned);
+            module.rlimit_nofile = m["rlimit_nofile"].as_u64().unwrap_or(0);
+            let env: Vec<(String, String)> = req["env"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let out = host
+                .run_module(field(&req, "python")?, &module, env)
+                .await?;
+            Ok(
+                json!({"rc": exit_code(out.code, out.signal), "stdout": b64(&out.stdout), "stderr": b64(&out.stderr)}),
+            )
+        }
+        "put" => {
+            let src = PathBuf::from(field(&req, "src")?);
+            let file = tokio::fs::File::open(&src)
+                .await
+                .map_err(|e| Error::local(format_args!("reading {}", src.display()), e))?;
+            let size = file
+                .metadata()
+                .await
+                .map_err(|e| Error::local(format_args!("reading {}", src.display()), e))?
+                .len();
+            let reader = tokio::io::BufReader::with_capacity(spindle_protocol::CHUNK, file);
+            host.put(reader, size, Put::new(field(&req, "dst")?))
+                .await?;
+            Ok(json!({}))
+        }
+        "fetch" => {
+            host.fetch_file(field(&req, "src")?, Path::new(field(&req, "dst")?))
+                .await?;
+            Ok(json!({}))
+        }
+        "reset" => {
+            host.disconnect().await;
+            Ok(json!({}))
+        }
+        other => Err(Error::Local(format!("unknown operation {other:?}"))),
+    }
+}
+
+/// The exit status as a shell reports it: the code, or 128 + signal.
+fn exit_code(code: Option<i32>, signal: Option<i32>) -> i32 {
+    match (code, signal) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => -1,
+    }
+}

@@ -1,0 +1,69 @@
+//! Spindle's own playbook suites (`tests/ansible/<area>/*.yml`), each run
+//! with stock Ansible (`-c ssh`) and with Spindle's connection plugin
+//! (`-c spindle`) on the testbed: both must pass their asserts with the
+//! same recap.
+
+use anyhow::{bail, Context, Result};
+use spindle_tests::Testbed;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `playbook` with `connection`; returns the PLAY RECAP lines.
+fn play(tb: &Testbed, playbook: &str, connection: &str) -> Result<Vec<String>> {
+    let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/ansible-venv"));
+    let fetch_dir = std::env::temp_dir().join(format!("spindle-fetch-{}", std::process::id()));
+    let out = Command::new(venv.join("bin/ansible-playbook"))
+        .arg("-i")
+        .arg(&tb.inventory)
+        .args(["-c", connection, "-e", &format!("conn={connection}")])
+        .arg("-e")
+        .arg(format!("fetch_dir={}", fetch_dir.display()))
+        .arg(root().join("tests/ansible").join(playbook))
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            root().join("ansible-plugin/connection_plugins"),
+        )
+        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+        .env("ANSIBLE_NOCOLOR", "1")
+        // No ControlPersist master outliving the run: other suites count
+        // the processes on these hosts.
+        .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
+        .output()
+        .context("running ansible-playbook")?;
+    let _ = std::fs::remove_dir_all(&fetch_dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{playbook} failed with -c {connection}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let recap: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("PLAY RECAP"))
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    anyhow::ensure!(!recap.is_empty(), "no recap in:\n{text}");
+    Ok(recap)
+}
+
+fn same_under_stock_and_spindle(playbook: &str) -> Result<()> {
+    let tb = Testbed::load()?;
+    let stock = play(&tb, playbook, "ssh")?;
+    let spindle = play(&tb, playbook, "spindle")?;
+    assert_eq!(spindle, stock, "{playbook}: recaps differ");
+    Ok(())
+}
+
+#[test]
+fn connection_basics() -> Result<()> {
+    same_under_stock_and_spindle("connection/basic.yml")
+}
