@@ -30,6 +30,7 @@ fn play(tb: &Testbed, playbook: &str, connection: &str) -> Result<Vec<String>> {
             root().join("ansible-plugin/connection_plugins"),
         )
         .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+        .env("ANSIBLE_LIBRARY", library()?)
         .env("ANSIBLE_NOCOLOR", "1")
         // No ControlPersist master outliving the run: other suites count
         // the processes on these hosts.
@@ -55,6 +56,32 @@ fn play(tb: &Testbed, playbook: &str, connection: &str) -> Result<Vec<String>> {
     Ok(recap)
 }
 
+/// Module directories for the suites: the checked-in ones plus a binary
+/// module compiled here (a binary has no place in the source tree).
+fn library() -> Result<String> {
+    static ONCE: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| build_library().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_library() -> Result<String> {
+    let dir = root().join("target/test-library");
+    std::fs::create_dir_all(&dir)?;
+    let status = Command::new("cc")
+        .args(["-O2", "-static", "-o"])
+        .arg(dir.join("style_binary"))
+        .arg(root().join("tests/ansible/modules/style_binary.c"))
+        .status()
+        .context("compiling the binary test module")?;
+    anyhow::ensure!(status.success(), "cc failed");
+    Ok(format!(
+        "{}:{}",
+        root().join("tests/ansible/modules/library").display(),
+        dir.display()
+    ))
+}
+
 fn same_under_stock_and_spindle(playbook: &str) -> Result<()> {
     let tb = Testbed::load()?;
     let stock = play(&tb, playbook, "ssh")?;
@@ -66,4 +93,9 @@ fn same_under_stock_and_spindle(playbook: &str) -> Result<()> {
 #[test]
 fn connection_basics() -> Result<()> {
     same_under_stock_and_spindle("connection/basic.yml")
+}
+
+#[test]
+fn module_styles() -> Result<()> {
+    same_under_stock_and_spindle("modules/styles.yml")
 }

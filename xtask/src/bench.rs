@@ -40,14 +40,19 @@ enum Suite {
     /// Per-task time of Ansible modules: stock pipelining over a
     /// ControlMaster vs Spindle's warm interpreters.
     Modules,
+    /// Whole playbooks: stock ssh with pipelining vs Spindle's connection
+    /// plugin.
+    Ansible,
 }
 
 const HOST: &str = "sp1";
 const STATE_DIR: &str = "/var/lib/spindle-testbed";
 
 pub fn run(args: Args) -> Result<()> {
-    if let Suite::Modules = args.suite {
-        return modules(&args);
+    match args.suite {
+        Suite::Modules => return modules(&args),
+        Suite::Ansible => return ansible(&args),
+        Suite::Transport => {}
     }
     agents::build()?;
     cargo(&[
@@ -435,4 +440,105 @@ impl Bench<'_> {
             }))
         })
     }
+}
+
+/// `bench ansible`: wall time and bytes on the link for whole playbooks,
+/// stock (ssh, pipelining, ControlPersist as shipped) against Spindle's
+/// connection plugin, medians of `--runs`.
+fn ansible(args: &Args) -> Result<()> {
+    agents::build()?;
+    crate::ansible_venv()?;
+    cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "spindle-controller",
+    ])?;
+    let root = agents::workspace_root();
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let mut playbooks = Vec::new();
+    let mut hostname = String::from("- hosts: sp1\n  gather_facts: false\n  tasks:\n");
+    for _ in 0..100 {
+        hostname.push_str("    - command: hostname\n");
+    }
+    playbooks.push(("100 x command: hostname", "hostname100.yml", hostname));
+    let looped = "- hosts: sp1\n  gather_facts: false\n  tasks:\n    - command: /bin/true\n      loop: \"{{ range(200) | list }}\"\n";
+    playbooks.push((
+        "1 task looping command: /bin/true x 200",
+        "loop200.yml",
+        looped.to_owned(),
+    ));
+    for (_, file, text) in &playbooks {
+        std::fs::write(dir.join(file), text)?;
+    }
+    let mut table = String::new();
+    writeln!(table, "| RTT | playbook | Spindle | stock ssh + pipelining | ratio | bytes Spindle | bytes stock |")?;
+    writeln!(table, "|---|---|---|---|---|---|---|")?;
+    for &rtt in &args.rtt_ms {
+        testbed::run(testbed::Command::Up {
+            hosts: 4,
+            rtt_ms: rtt,
+        })?;
+        for (name, file, _) in &playbooks {
+            let run = |conn: &str| -> Result<(f64, u64)> {
+                let mut times = Vec::new();
+                let mut bytes = Vec::new();
+                for _ in 0..args.runs.max(1) {
+                    let before = link_bytes("spv1")?;
+                    let t = time(|| {
+                        quiet(
+                            Command::new(root.join("target/ansible-venv/bin/ansible-playbook"))
+                                .args(["-i", &format!("{STATE_DIR}/inventory.ini"), "-c", conn])
+                                .arg(dir.join(file))
+                                .env("ANSIBLE_PIPELINING", "True")
+                                .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
+                                .env(
+                                    "ANSIBLE_CONNECTION_PLUGINS",
+                                    root.join("ansible-plugin/connection_plugins"),
+                                )
+                                .env("SPINDLE_BIN", root.join("target/release/spindle")),
+                        )
+                    })?;
+                    times.push(Ok(t));
+                    bytes.push(link_bytes("spv1")? - before);
+                }
+                bytes.sort();
+                Ok((median(times.into_iter())?, bytes[bytes.len() / 2]))
+            };
+            let (ours, ours_bytes) = run("spindle")?;
+            let (stock, stock_bytes) = run("ssh")?;
+            writeln!(
+                table,
+                "| {rtt} ms | {name} | {:.2} s | {:.2} s | {:.2}x | {:.2} MB | {:.2} MB |",
+                ours / 1e3,
+                stock / 1e3,
+                stock / ours,
+                ours_bytes as f64 / 1e6,
+                stock_bytes as f64 / 1e6
+            )?;
+        }
+    }
+    if args.rtt_ms.iter().any(|&r| r != 0) {
+        testbed::run(testbed::Command::Up {
+            hosts: 4,
+            rtt_ms: 0,
+        })?;
+    }
+    println!("\n{table}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &table)?;
+    }
+    Ok(())
+}
+
+/// Bytes through a veth (both directions) so far.
+fn link_bytes(dev: &str) -> Result<u64> {
+    let mut total = 0;
+    for dir in ["rx_bytes", "tx_bytes"] {
+        let v = std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/{dir}"))?;
+        total += v.trim().parse::<u64>()?;
+    }
+    Ok(total)
 }
