@@ -260,6 +260,44 @@ fn golden_encodings() {
             path: "/tmp/spindle.Xy12".into(),
         },
     );
+    g.call(
+        "call_run_module_with_code",
+        12,
+        RunModule {
+            python: "/usr/bin/python3".into(),
+            code: Code {
+                hash: "ab".repeat(32),
+                zip: Some(Blob::from(&b"PK\x03\x04"[..])),
+            },
+            entry: ModuleEntry::Loader,
+            fqn: "ansible.modules.ping".into(),
+            params: r#"{"ANSIBLE_MODULE_ARGS": {"data": "pong"}}"#.into(),
+            profile: Some("legacy".into()),
+            extensions: None,
+            rlimit_nofile: 0,
+            env: vec![("LANG".into(), "C".into())],
+            timeout_ms: None,
+        },
+    );
+    g.call(
+        "call_run_module_cached",
+        13,
+        RunModule {
+            python: "/usr/bin/python3".into(),
+            code: Code {
+                hash: "ab".repeat(32),
+                zip: None,
+            },
+            entry: ModuleEntry::Runpy,
+            fqn: "ansible.modules.command".into(),
+            params: "{}".into(),
+            profile: None,
+            extensions: Some(r#"{"_coverage": {}}"#.into()),
+            rlimit_nofile: 1024,
+            env: vec![],
+            timeout_ms: Some(5000),
+        },
+    );
     // Largest id: pins the u64 width.
     g.call("call_ping_max_id", u64::MAX, Ping {});
 
@@ -498,6 +536,7 @@ fn unit_enum_names() {
         (ErrorKind::Unsupported, "unsupported"),
         (ErrorKind::Busy, "busy"),
         (ErrorKind::Protocol, "protocol"),
+        (ErrorKind::CodeMissing, "code_missing"),
         (ErrorKind::Other, "other"),
     ];
     for (kind, expected) in kinds {
