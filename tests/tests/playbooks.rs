@@ -99,3 +99,50 @@ fn connection_basics() -> Result<()> {
 fn module_styles() -> Result<()> {
     same_under_stock_and_spindle("modules/styles.yml")
 }
+
+/// Killing the controller under a running task makes that host unreachable
+/// promptly: no hang, no orphaned controller.
+#[test]
+fn killed_controller_makes_the_host_unreachable() -> Result<()> {
+    let tb = Testbed::load()?;
+    let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/ansible-venv"));
+    let started = std::time::Instant::now();
+    let run = Command::new(venv.join("bin/ansible-playbook"))
+        .arg("-i")
+        .arg(&tb.inventory)
+        .args(["-c", "spindle"])
+        .arg(root().join("tests/ansible/lifecycle/long_task.yml"))
+        .env("ANSIBLE_CONNECTION_PLUGINS", root().join("ansible-plugin/connection_plugins"))
+        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+        .env("ANSIBLE_NOCOLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // The controller for this run is `spindle serve --parent-pid <run>`;
+    // wait until the long task is under way, then kill it.
+    let needle = format!("--parent-pid\0{}\0", run.id());
+    let controller = loop {
+        anyhow::ensure!(started.elapsed().as_secs() < 60, "no controller appeared");
+        let found = std::fs::read_dir("/proc")?.filter_map(|e| e.ok()).find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            (cmd.contains("serve\0") && cmd.contains(&needle)).then(|| e.file_name())
+        });
+        if let Some(pid) = found {
+            break pid.to_string_lossy().into_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    Command::new("kill").args(["-9", &controller]).status()?;
+    let killed = std::time::Instant::now();
+    let out = run.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("ansible-playbook ended {:?} after the kill", killed.elapsed());
+    // A hang guard, not a performance assertion: the task sleeps for 30 s.
+    assert!(killed.elapsed().as_secs() < 25, "the run waited for the task:\n{text}");
+    assert_eq!(out.status.code(), Some(4), "expected ansible-playbook's unreachable status:\n{text}");
+    assert!(text.contains("unreachable=1"), "{text}");
+    Ok(())
+}
