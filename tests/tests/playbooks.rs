@@ -12,16 +12,47 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs `playbook` with `connection`; returns the PLAY RECAP lines.
-fn play(tb: &Testbed, playbook: &str, connection: &str) -> Result<Vec<String>> {
+/// Runs `playbook` with `connection` (and a strategy, if given); returns
+/// the PLAY RECAP lines.
+fn play(
+    tb: &Testbed,
+    playbook: &str,
+    connection: &str,
+    strategy: Option<&str>,
+) -> Result<Vec<String>> {
+    play_with(
+        tb,
+        playbook,
+        connection,
+        strategy,
+        &spindle_tests::spindle_bin(),
+    )
+}
+
+fn play_with(
+    tb: &Testbed,
+    playbook: &str,
+    connection: &str,
+    strategy: Option<&str>,
+    spindle_bin: &Path,
+) -> Result<Vec<String>> {
     let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/ansible-venv"));
     let fetch_dir = std::env::temp_dir().join(format!("spindle-fetch-{}", std::process::id()));
-    let out = Command::new(venv.join("bin/ansible-playbook"))
+    let mut cmd = Command::new(venv.join("bin/ansible-playbook"));
+    if let Some(strategy) = strategy {
+        cmd.env("ANSIBLE_STRATEGY", strategy);
+    }
+    let out = cmd
         .arg("-i")
         .arg(&tb.inventory)
-        .args(["-c", connection, "-e", &format!("conn={connection}")])
+        .args([
+            "-c",
+            connection,
+            "-e",
+            &format!("conn={connection}{}", strategy.unwrap_or("")),
+        ])
         .arg("-e")
         .arg(format!("fetch_dir={}", fetch_dir.display()))
         .arg(root().join("tests/ansible").join(playbook))
@@ -29,7 +60,11 @@ fn play(tb: &Testbed, playbook: &str, connection: &str) -> Result<Vec<String>> {
             "ANSIBLE_CONNECTION_PLUGINS",
             root().join("ansible-plugin/connection_plugins"),
         )
-        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+        .env(
+            "ANSIBLE_STRATEGY_PLUGINS",
+            root().join("ansible-plugin/strategy_plugins"),
+        )
+        .env("SPINDLE_BIN", spindle_bin)
         .env("ANSIBLE_LIBRARY", library()?)
         .env("ANSIBLE_NOCOLOR", "1")
         // No ControlPersist master outliving the run: other suites count
@@ -84,9 +119,50 @@ fn build_library() -> Result<String> {
 
 fn same_under_stock_and_spindle(playbook: &str) -> Result<()> {
     let tb = Testbed::load()?;
-    let stock = play(&tb, playbook, "ssh")?;
-    let spindle = play(&tb, playbook, "spindle")?;
+    let stock = play(&tb, playbook, "ssh", None)?;
+    let spindle = play(&tb, playbook, "spindle", None)?;
     assert_eq!(spindle, stock, "{playbook}: recaps differ");
+    Ok(())
+}
+
+#[test]
+fn connection_async() -> Result<()> {
+    same_under_stock_and_spindle("connection/async.yml")
+}
+
+/// The strategies serve ssh hosts with Spindle (its controller starts:
+/// a wrapper around the binary notes it) and playbooks behave as with the
+/// builtin strategy of the same name.
+#[test]
+fn spindle_strategies() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tb = Testbed::load()?;
+    let dir = std::env::temp_dir().join(format!("spindle-strategies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let marker = dir.join("started");
+    let wrapper = dir.join("spindle");
+    let script = format!(
+        "#!/bin/sh\necho started >> '{}'\nexec '{}' \"$@\"\n",
+        marker.display(),
+        spindle_tests::spindle_bin().display()
+    );
+    std::fs::write(&wrapper, script)?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    for (builtin, ours) in [
+        ("linear", "spindle_linear"),
+        ("free", "spindle_free"),
+        ("host_pinned", "spindle_host_pinned"),
+    ] {
+        let _ = std::fs::remove_file(&marker);
+        let stock = play(&tb, "connection/basic.yml", "ssh", Some(builtin))?;
+        let spindle = play_with(&tb, "connection/basic.yml", "ssh", Some(ours), &wrapper)?;
+        assert_eq!(spindle, stock, "{ours}: recaps differ");
+        assert!(
+            marker.exists(),
+            "{ours} did not route ssh hosts through Spindle"
+        );
+    }
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
@@ -114,7 +190,10 @@ fn killed_controller_makes_the_host_unreachable() -> Result<()> {
         .arg(&tb.inventory)
         .args(["-c", "spindle"])
         .arg(root().join("tests/ansible/lifecycle/long_task.yml"))
-        .env("ANSIBLE_CONNECTION_PLUGINS", root().join("ansible-plugin/connection_plugins"))
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            root().join("ansible-plugin/connection_plugins"),
+        )
         .env("SPINDLE_BIN", spindle_tests::spindle_bin())
         .env("ANSIBLE_NOCOLOR", "1")
         .stdout(std::process::Stdio::piped())
@@ -124,11 +203,13 @@ fn killed_controller_makes_the_host_unreachable() -> Result<()> {
     let needle = format!("--parent-pid\0{}\0", run.id());
     let controller = loop {
         anyhow::ensure!(started.elapsed().as_secs() < 60, "no controller appeared");
-        let found = std::fs::read_dir("/proc")?.filter_map(|e| e.ok()).find_map(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd);
-            (cmd.contains("serve\0") && cmd.contains(&needle)).then(|| e.file_name())
-        });
+        let found = std::fs::read_dir("/proc")?
+            .filter_map(|e| e.ok())
+            .find_map(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd);
+                (cmd.contains("serve\0") && cmd.contains(&needle)).then(|| e.file_name())
+            });
         if let Some(pid) = found {
             break pid.to_string_lossy().into_owned();
         }
@@ -139,10 +220,20 @@ fn killed_controller_makes_the_host_unreachable() -> Result<()> {
     let killed = std::time::Instant::now();
     let out = run.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("ansible-playbook ended {:?} after the kill", killed.elapsed());
+    eprintln!(
+        "ansible-playbook ended {:?} after the kill",
+        killed.elapsed()
+    );
     // A hang guard, not a performance assertion: the task sleeps for 30 s.
-    assert!(killed.elapsed().as_secs() < 25, "the run waited for the task:\n{text}");
-    assert_eq!(out.status.code(), Some(4), "expected ansible-playbook's unreachable status:\n{text}");
+    assert!(
+        killed.elapsed().as_secs() < 25,
+        "the run waited for the task:\n{text}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "expected ansible-playbook's unreachable status:\n{text}"
+    );
     assert!(text.contains("unreachable=1"), "{text}");
     Ok(())
 }
