@@ -92,18 +92,9 @@ pub fn run(args: Args) -> Result<()> {
             )?;
         }
     }
-    if args.rtt_ms.iter().any(|&r| r != 0) {
-        testbed::run(testbed::Command::Up {
-            hosts: 4,
-            rtt_ms: 0,
-        })?;
-    }
-    println!("\n{table}");
-    println!("ratio: how many times better Spindle is (time: OpenSSH/Spindle, throughput: Spindle/OpenSSH)");
-    if let Some(out) = args.out {
-        std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
-    }
     let _ = std::fs::remove_file(&file);
+    report(&args, &table)?;
+    println!("ratio: how many times better Spindle is (time: OpenSSH/Spindle, throughput: Spindle/OpenSSH)");
     Ok(())
 }
 
@@ -350,17 +341,7 @@ fn modules(args: &Args) -> Result<()> {
             )?;
         }
     }
-    if args.rtt_ms.iter().any(|&r| r != 0) {
-        testbed::run(testbed::Command::Up {
-            hosts: 4,
-            rtt_ms: 0,
-        })?;
-    }
-    println!("\n{table}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &table)?;
-    }
-    Ok(())
+    report(args, &table)
 }
 
 /// Runs the recording playbook on the bench host; returns (module, payload).
@@ -520,17 +501,7 @@ fn ansible(args: &Args) -> Result<()> {
             )?;
         }
     }
-    if args.rtt_ms.iter().any(|&r| r != 0) {
-        testbed::run(testbed::Command::Up {
-            hosts: 4,
-            rtt_ms: 0,
-        })?;
-    }
-    println!("\n{table}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &table)?;
-    }
-    Ok(())
+    report(args, &table)
 }
 
 /// Bytes through a veth (both directions) so far.
@@ -541,4 +512,20 @@ fn link_bytes(dev: &str) -> Result<u64> {
         total += v.trim().parse::<u64>()?;
     }
     Ok(total)
+}
+
+/// Leaves the testbed at 0 ms again, prints the table and writes it to
+/// `--out`.
+fn report(args: &Args, table: &str) -> Result<()> {
+    if args.rtt_ms.iter().any(|&r| r != 0) {
+        testbed::run(testbed::Command::Up {
+            hosts: 4,
+            rtt_ms: 0,
+        })?;
+    }
+    println!("\n{table}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, table).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
 }
