@@ -96,8 +96,10 @@ const TESTBED_NET: &str = "10.213.0.0/16";
 const PROVISION_VERSION: u32 = 2;
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Packages providing every tool used here (nsenter, unshare, setsid and
-/// findmnt come from util-linux; useradd from passwd; kill from procps).
+/// findmnt come from util-linux; useradd from passwd; kill from procps),
+/// plus qemu-user-static, with which the tests run the aarch64 agent.
 const PACKAGES: &[&str] = &[
+    "qemu-user-static",
     "iproute2",
     "iptables",
     "openssh-server",
