@@ -39,7 +39,10 @@ fn play_with(
     let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/ansible-venv"));
-    let fetch_dir = std::env::temp_dir().join(format!("spindle-fetch-{}", std::process::id()));
+    // Unique per run: the tests of this file run in parallel.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fetch_dir = std::env::temp_dir().join(format!("spindle-fetch-{}-{n}", std::process::id()));
     let mut cmd = Command::new(venv.join("bin/ansible-playbook"));
     if let Some(strategy) = strategy {
         cmd.env("ANSIBLE_STRATEGY", strategy);
