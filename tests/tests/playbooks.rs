@@ -58,6 +58,13 @@ fn play_with(
         ])
         .arg("-e")
         .arg(format!("fetch_dir={}", fetch_dir.display()))
+        // A fresh work directory on the targets too, so what an earlier
+        // (perhaps failed) run left behind cannot change this run's recap.
+        .arg("-e")
+        .arg(format!(
+            "work=/tmp/spindle-suite-{}-{n}",
+            std::process::id()
+        ))
         .arg(root().join("tests/ansible").join(playbook))
         .env(
             "ANSIBLE_CONNECTION_PLUGINS",
