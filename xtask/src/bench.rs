@@ -8,7 +8,7 @@
 //! scp). Every figure is a median of several runs. The release `spindle`
 //! binary is driven as a user would; nothing is timed inside tests.
 
-use crate::{agents, cargo, testbed};
+use crate::{agents, release_build, testbed};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -54,15 +54,7 @@ pub fn run(args: Args) -> Result<()> {
         Suite::Ansible => return ansible(&args),
         Suite::Transport => {}
     }
-    agents::build()?;
-    cargo(&[
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "spindle-controller",
-    ])?;
-    let spindle = agents::workspace_root().join("target/release/spindle");
+    let spindle = release_build()?;
     let file = PathBuf::from(format!("/var/tmp/spindle-bench-{}.bin", args.size_mib));
     make_file(&file, args.size_mib)?;
 
@@ -303,17 +295,9 @@ fn make_file(path: &Path, size_mib: u64) -> Result<()> {
 /// ControlMaster) and as Spindle runs it (one request to a warm
 /// interpreter, code already cached). Medians of 30.
 fn modules(args: &Args) -> Result<()> {
-    agents::build()?;
+    let spindle = release_build()?;
     crate::ansible_venv()?;
-    cargo(&[
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "spindle-controller",
-    ])?;
     let root = agents::workspace_root();
-    let spindle = root.join("target/release/spindle");
     let mut table = String::new();
     writeln!(
         table,
@@ -427,15 +411,8 @@ impl Bench<'_> {
 /// stock (ssh, pipelining, ControlPersist as shipped) against Spindle's
 /// connection plugin, medians of `--runs`.
 fn ansible(args: &Args) -> Result<()> {
-    agents::build()?;
+    let spindle = release_build()?;
     crate::ansible_venv()?;
-    cargo(&[
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "spindle-controller",
-    ])?;
     let root = agents::workspace_root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -479,7 +456,7 @@ fn ansible(args: &Args) -> Result<()> {
                                     "ANSIBLE_CONNECTION_PLUGINS",
                                     root.join("ansible-plugin/connection_plugins"),
                                 )
-                                .env("SPINDLE_BIN", root.join("target/release/spindle")),
+                                .env("SPINDLE_BIN", &spindle),
                         )
                     })?;
                     times.push(Ok(t));

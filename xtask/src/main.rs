@@ -64,6 +64,19 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Builds the agents and the release `spindle`; returns the binary's path.
+pub fn release_build() -> Result<std::path::PathBuf> {
+    agents::build()?;
+    cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "spindle-controller",
+    ])?;
+    Ok(agents::workspace_root().join("target/release/spindle"))
+}
+
 fn testbed_up() -> Result<()> {
     testbed::run(testbed::Command::Up {
         hosts: 4,
@@ -110,16 +123,8 @@ fn test(extra: &[String]) -> Result<()> {
 fn demo() -> Result<()> {
     use std::process::Command as Cmd;
     use std::time::Instant;
-    agents::build()?;
+    let spindle = release_build()?;
     testbed_up()?;
-    cargo(&[
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "spindle-controller",
-    ])?;
-    let spindle = agents::workspace_root().join("target/release/spindle");
     let cfg = "/var/lib/spindle-testbed/ssh_config";
     let step = |title: &str, args: &[&str]| -> Result<()> {
         println!("\n$ spindle {}", args.join(" "));
