@@ -31,6 +31,15 @@ pub fn command_line(python: Option<&str>) -> String {
     }
 }
 
+/// [`command_line`] as an argument vector, for running it without a shell
+/// (behind sudo, by an agent starting a child agent).
+pub fn command_argv(python: Option<&str>) -> Vec<String> {
+    match python {
+        Some(py) => vec![py.to_owned(), "-c".into(), PY_ONE_LINER.into()],
+        None => vec!["/bin/sh".into(), "-c".into(), SH_ONE_LINER.into()],
+    }
+}
+
 /// The lines to write on stdin immediately after starting [`command_line`]
 /// with the same `python` argument.
 pub fn stdin_preamble(python: Option<&str>) -> Vec<u8> {
@@ -164,6 +173,14 @@ pub fn sh_quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argv_is_the_command_line_unquoted() {
+        for py in [Some("/usr/bin/python3"), None] {
+            let quoted: Vec<String> = command_argv(py).iter().map(|w| sh_quote(w)).collect();
+            assert_eq!(quoted.join(" "), command_line(py));
+        }
+    }
 
     /// The command lines are a public contract: sudoers rules name them
     /// byte for byte. Changing them breaks every deployed rule.

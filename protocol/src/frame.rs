@@ -7,7 +7,7 @@
 //! readers can use [`decode`], which treats "not enough bytes yet" as the
 //! normal `Ok(None)`.
 
-use crate::MAX_FRAME;
+use crate::{Blob, FromAgent, RequestId, StreamKind, MAX_FRAME};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Bytes in the length prefix.
@@ -75,6 +75,48 @@ pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), Frame
     Ok(())
 }
 
+/// The start of the frame for [`FromAgent::Stream`] `{ id, kind, data }`
+/// with `len` bytes of data: writing it and then the data gives exactly the
+/// bytes of [`encode`], so a sender can write a large chunk from its own
+/// buffer instead of copying it into a frame first. (The data is the last
+/// field, so nothing follows it.)
+pub fn stream_prefix(id: RequestId, kind: StreamKind, len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(48);
+    let empty = FromAgent::Stream {
+        id,
+        kind,
+        data: Blob::default(),
+    };
+    encode_into(&empty, &mut out)?;
+    // Empty bytes end the encoding as a `bin 8` of length zero.
+    if !out.ends_with(&[0xc4, 0]) {
+        return Err(FrameError::Encode("unexpected stream encoding".into()));
+    }
+    out.truncate(out.len() - 2);
+    match u8::try_from(len) {
+        Ok(n) => out.extend_from_slice(&[0xc4, n]),
+        Err(_) => match u16::try_from(len) {
+            Ok(n) => {
+                out.push(0xc5);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            Err(_) => {
+                out.push(0xc6);
+                out.extend_from_slice(&(len as u32).to_be_bytes());
+            }
+        },
+    }
+    let body = out.len() - HEADER_LEN + len;
+    if body > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len: body,
+            max: MAX_FRAME,
+        });
+    }
+    out[..HEADER_LEN].copy_from_slice(&(body as u32).to_be_bytes());
+    Ok(out)
+}
+
 /// Encodes one frame into a new buffer.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::new();
@@ -138,6 +180,25 @@ mod tests {
             FromAgent::Hello(h) => assert_eq!((h.pid, h.shell.as_str()), (2, "")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn stream_prefix_plus_data_is_the_frame() {
+        for len in [0, 1, 255, 256, 65535, 65536, crate::CHUNK] {
+            for id in [0, 200, 70_000, u64::MAX] {
+                let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                let mut split = stream_prefix(id, StreamKind::File, len).unwrap();
+                split.extend_from_slice(&data);
+                let whole = encode(&FromAgent::Stream {
+                    id,
+                    kind: StreamKind::File,
+                    data: data.into(),
+                })
+                .unwrap();
+                assert!(split == whole, "len {len} id {id}");
+            }
+        }
+        assert!(stream_prefix(1, StreamKind::Stdout, MAX_FRAME).is_err());
     }
 
     #[test]

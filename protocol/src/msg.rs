@@ -28,6 +28,9 @@ pub enum ToAgent {
     /// Abandon request `id`: a running command's process group is killed and
     /// the request still gets its one reply (usually `cancelled`).
     Cancel { id: RequestId },
+    /// One whole frame (length prefix included) for child agent `child`
+    /// (see [`Become`]), passed on unread.
+    Route { child: u32, frame: Blob },
 }
 
 /// Everything an agent sends to the controller.
@@ -51,6 +54,11 @@ pub enum FromAgent {
     Ack { id: RequestId, frames: u32 },
     /// A log record from the agent; the agent writes nothing to stderr.
     Log { level: LogLevel, message: String },
+    /// One whole frame (length prefix included) from child agent `child`.
+    Routed { child: u32, frame: Blob },
+    /// Child agent `child` ended (or broke its protocol): everything in
+    /// flight on it has failed.
+    ChildGone { child: u32, reason: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +114,7 @@ pub enum Request {
     MakeTempDir(MakeTempDir),
     RemoveTempDir(RemoveTempDir),
     RunModule(RunModule),
+    Become(Become),
 }
 
 /// Every reply, one variant per request type.
@@ -118,6 +127,7 @@ pub enum Reply {
     Stat(StatResult),
     TempDir(TempDir),
     Removed(Removed),
+    Child(Child),
 }
 
 /// A request type and the reply type it gets, tied together so callers get
@@ -157,6 +167,7 @@ pair! {
     MakeTempDir => TempDir(TempDir);
     RemoveTempDir => Removed(Removed);
     RunModule => Exec(ExecResult);
+    Become => Child(Child);
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,4 +426,39 @@ pub enum ModuleEntry {
     Runpy,
     /// ansible-core 2.19 and later: `_ansiballz._loader.run_module`.
     Loader,
+}
+
+/// Start a child agent under another account through sudo, as
+/// `exe flags... -u user <bootstrap command line>`, and keep it: later
+/// frames for it travel as [`ToAgent::Route`]. The agent first tries
+/// non-interactively (`-n`); only if the account switch asks for a password
+/// and one is given does it try again, typing it at the prompt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Become {
+    /// The program: `sudo` or a path to it.
+    pub exe: String,
+    /// Options as Ansible's `become_flags` gives them, split into words.
+    pub flags: Vec<String>,
+    pub user: String,
+    /// Python for the child's bootstrap; `None` uses the shell stage.
+    #[serde(default)]
+    pub python: Option<String>,
+    #[serde(default)]
+    pub password: Option<Blob>,
+    /// The xz-compressed agent for this architecture, sent with the first
+    /// request of a link; an agent without it answers
+    /// [`crate::ErrorKind::CodeMissing`].
+    #[serde(default)]
+    pub agent: Option<Blob>,
+    /// Limit for the whole start, password prompt included.
+    pub timeout_ms: u64,
+}
+
+/// A started child agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Child {
+    /// Names the child in [`ToAgent::Route`] and [`FromAgent::Routed`].
+    pub child: u32,
+    /// Boxed: it dwarfs every other reply (encoded the same).
+    pub hello: Box<Hello>,
 }

@@ -488,6 +488,61 @@ fn golden_encodings() {
         },
     );
 
+    // Child agents under other accounts.
+    g.call(
+        "call_become",
+        13,
+        Become {
+            exe: "sudo".into(),
+            flags: vec!["-H".into(), "-S".into(), "-n".into()],
+            user: "root".into(),
+            python: Some("/usr/bin/python3".into()),
+            password: Some(Blob(b"secret".to_vec())),
+            agent: None,
+            timeout_ms: 10_000,
+        },
+    );
+    g.reply(
+        "reply_child",
+        13,
+        Reply::Child(Child {
+            child: 1,
+            hello: Box::new(Hello {
+                version: VERSION,
+                build_id: "0123456789abcdef".into(),
+                arch: "x86_64".into(),
+                pid: 4243,
+                uid: 0,
+                gid: 0,
+                user: "root".into(),
+                home: "/root".into(),
+                pythons: vec!["/usr/bin/python3".into()],
+                shell: "/bin/bash".into(),
+            }),
+        }),
+    );
+    g.downstream(
+        "route",
+        ToAgent::Route {
+            child: 1,
+            frame: Blob(vec![0, 0, 0, 1, 0xc0]),
+        },
+    );
+    g.upstream(
+        "routed",
+        FromAgent::Routed {
+            child: 1,
+            frame: Blob(vec![0, 0, 0, 1, 0xc0]),
+        },
+    );
+    g.upstream(
+        "child_gone",
+        FromAgent::ChildGone {
+            child: 1,
+            reason: "child agent exited".into(),
+        },
+    );
+
     // Stray files mean a case was renamed or removed: a removed message shape
     // is a protocol change too.
     let mut stray = Vec::new();
