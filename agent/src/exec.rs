@@ -15,18 +15,21 @@
 //!    streamed.
 
 use crate::ctl::{self, Control, Watch};
-use crate::{io_error, out, sys};
+use crate::{io_error, login_env, out, sys};
 use spindle_protocol::{
     Blob, Command, ErrorKind, Exec, ExecResult, FromAgent, RequestId, StreamKind, WireError, CHUNK,
 };
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{self, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// First read buffer for a command's output stream.
+const FIRST_READ: usize = 16 << 10;
 
 /// Stack of the small helper threads (readers, writer, watchdog).
 const HELPER_STACK: usize = 64 << 10;
@@ -64,6 +67,12 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
             c
         }
     };
+    // As a fresh login would see it, then the request's own variables.
+    let login = login_env::delta();
+    for k in &login.unset {
+        cmd.env_remove(k);
+    }
+    cmd.envs(login.set);
     cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
     if let Some(cwd) = &req.cwd {
         cmd.current_dir(cwd);
@@ -219,31 +228,32 @@ fn pump(
     mut src: File,
     control: &Control,
 ) -> Result<Vec<u8>, WireError> {
-    let mut buf = Vec::with_capacity(8192);
-    let mut scratch = vec![0u8; 64 << 10];
+    // Output is read straight into the buffer that becomes the chunk (std
+    // reads into its spare capacity without zeroing it first). The first
+    // starts small: most commands print little.
+    let mut capacity = FIRST_READ;
     loop {
-        let n = match src.read(&mut scratch) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // A pseudo-terminal master reports EIO once every slave closed.
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+        let mut buf = Vec::with_capacity(capacity);
+        let got = (&mut src).take(CHUNK as u64).read_to_end(&mut buf);
+        match got {
+            Ok(_) => {}
+            // A pseudo-terminal master reports EIO once every slave closed;
+            // what was read before it is kept in `buf`.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(buf),
             Err(e) => return Err(io_error("reading command output", e)),
-        };
-        buf.extend_from_slice(&scratch[..n]);
-        while buf.len() >= CHUNK {
-            let rest = buf.split_off(CHUNK);
-            let chunk = std::mem::replace(&mut buf, rest);
-            if control.take().is_ok() {
-                out::out().send(FromAgent::Stream {
-                    id,
-                    kind,
-                    data: chunk.into(),
-                });
-            }
         }
+        if buf.len() < CHUNK {
+            return Ok(buf);
+        }
+        if control.take().is_ok() {
+            out::out().send(FromAgent::Stream {
+                id,
+                kind,
+                data: buf.into(),
+            });
+        }
+        capacity = CHUNK;
     }
-    Ok(buf)
 }
 
 fn describe(cmd: &Command) -> String {

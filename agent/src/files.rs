@@ -134,6 +134,7 @@ fn receive(
     let data =
         data.ok_or_else(|| WireError::new(ErrorKind::Protocol, "upload without a data channel"))?;
     let mut written = 0u64;
+    let mut unacked = 0;
     loop {
         if control.is_cancelled() {
             return Err(ctl::cancelled());
@@ -153,12 +154,23 @@ fn receive(
                 ),
             ));
         }
-        out::out().send(FromAgent::Ack { id, frames: 1 });
         if frame.eof {
             return Ok(written);
         }
+        // Credit back in batches: fewer packets on the link. The reply
+        // ends the upload, so the last few are never acknowledged.
+        unacked += 1;
+        if unacked == ACK_EVERY {
+            out::out().send(FromAgent::Ack {
+                id,
+                frames: std::mem::take(&mut unacked),
+            });
+        }
     }
 }
+
+/// Upload frames acknowledged at once (see the controller's stream acks).
+const ACK_EVERY: u32 = spindle_protocol::WINDOW / 4;
 
 /// A put's temporary file: removed unless it was renamed into place, and
 /// listed so that an agent shutting down mid-put removes it too.
@@ -214,12 +226,14 @@ pub fn fetch(id: RequestId, req: Fetch, control: &Control) -> Result<FetchResult
     }
     let mut size = 0u64;
     loop {
-        let mut buf = vec![0u8; CHUNK];
-        let n = read_full(&mut file, &mut buf).map_err(|e| io_error(ctx(), e))?;
+        let mut buf = Vec::with_capacity(CHUNK);
+        let n = (&mut file)
+            .take(CHUNK as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| io_error(ctx(), e))?;
         if n == 0 {
             break;
         }
-        buf.truncate(n);
         control.take()?;
         size += n as u64;
         out::out().send(FromAgent::Stream {
@@ -236,20 +250,6 @@ pub fn fetch(id: RequestId, req: Fetch, control: &Control) -> Result<FetchResult
             nanos: meta.mtime_nsec() as u32,
         },
     })
-}
-
-/// Fills `buf` as far as the file allows; short only at end of file.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 pub fn stat(req: Stat) -> Result<StatResult, WireError> {

@@ -14,10 +14,13 @@
 //! the agent kills every command it started, removes its temporary
 //! directories and exits.
 
+mod alloc;
+mod child;
 mod ctl;
 mod exec;
 mod files;
 mod hello;
+mod login_env;
 mod out;
 mod python;
 mod sys;
@@ -33,6 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 /// Requests running at once before new ones are refused as `busy`. Far above
 /// what a controller sends to one host, low enough to bound threads.
 const MAX_REQUESTS: usize = 1024;
+
+/// Pipe buffer asked for on stdin and stdout: a few frames' worth.
+const PIPE_SIZE: i32 = 1 << 20;
 
 /// Stack of a worker thread: workers keep their buffers on the heap.
 const WORKER_STACK: usize = 256 << 10;
@@ -53,9 +59,14 @@ fn main() {
     }
     sys::close_extra_fds();
     let _ = UMASK.set(sys::umask());
+    for fd in [0, 1] {
+        sys::grow_pipe(fd, PIPE_SIZE);
+    }
     let (stdin, stdout) = sys::stdio_files();
     out::start(stdout);
-    out::out().send(FromAgent::Hello(hello::hello()));
+    let hello = hello::hello();
+    login_env::capture(&hello.home, &hello.shell);
+    out::out().send(FromAgent::Hello(hello));
     let result = dispatch(BufReader::with_capacity(1 << 18, stdin));
     if let Err(e) = &result {
         out::log(LogLevel::Error, format!("closing: {e}"));
@@ -94,8 +105,12 @@ fn dispatch(mut input: impl Read) -> io::Result<()> {
             Err(e) => return Err(e),
         }
         let len = frame::body_len(header).map_err(invalid)?;
-        body.resize(len, 0);
-        input.read_exact(&mut body)?;
+        // Read into spare capacity: no zeroing of the buffer first.
+        body.clear();
+        (&mut input).take(len as u64).read_to_end(&mut body)?;
+        if body.len() != len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         let msg: ToAgent = frame::decode_body(&body).map_err(invalid)?;
         handle(msg);
     }
@@ -127,6 +142,7 @@ fn handle(msg: ToAgent) {
                 e.control.grant(frames);
             }
         }
+        ToAgent::Route { child, frame } => child::route(child, frame.into_inner()),
         ToAgent::Cancel { id } => {
             if let Some(e) = registry().get_mut(&id) {
                 e.control.cancel();
@@ -200,6 +216,7 @@ fn run(
         Request::MakeTempDir(t) => files::make_temp_dir(t).map(Reply::TempDir),
         Request::RemoveTempDir(t) => files::remove_temp_dir(t).map(Reply::Removed),
         Request::RunModule(m) => python::run(id, m, control).map(Reply::Exec),
+        Request::Become(b) => child::start(b, control).map(Reply::Child),
     }
 }
 
@@ -216,6 +233,7 @@ pub fn shutdown(code: i32) -> ! {
     }
     exec::kill_all();
     python::stop_all();
+    child::stop_all();
     files::remove_leftovers();
     // Let queued frames (a closing log, say) reach the controller, but do
     // not wait on a controller that stopped reading.

@@ -14,6 +14,9 @@ use std::thread::JoinHandle;
 /// [`spindle_protocol::CHUNK`], so this bounds the queue at a few MiB.
 const QUEUE: usize = 32;
 
+/// Streamed data above this size is written straight from its buffer.
+const DIRECT: usize = 16 << 10;
+
 #[derive(Debug)]
 enum Item {
     Frame(FromAgent),
@@ -78,6 +81,21 @@ fn write_loop(stdout: File, rx: Receiver<Item>) -> io::Result<()> {
         let mut next = Some(first);
         while let Some(item) = next {
             match item {
+                // Big chunks go out from their own buffer, not copied into
+                // a frame first.
+                Item::Frame(FromAgent::Stream { id, kind, data }) if data.len() > DIRECT => {
+                    match frame::stream_prefix(id, kind, data.len()) {
+                        Ok(prefix) => {
+                            out.write_all(&prefix)?;
+                            out.write_all(data.as_ref())?;
+                        }
+                        Err(_) => {
+                            let msg = FromAgent::Stream { id, kind, data };
+                            encode(&msg, &mut buf);
+                            out.write_all(&buf)?;
+                        }
+                    }
+                }
                 Item::Frame(msg) => {
                     encode(&msg, &mut buf);
                     out.write_all(&buf)?;

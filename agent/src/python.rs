@@ -17,7 +17,7 @@
 //!    that dies is replaced on next use; tasks it was running fail.
 
 use crate::ctl::{Control, Watch};
-use crate::{exec, io_error, out, sys};
+use crate::{exec, io_error, login_env, out, sys};
 use serde::Deserialize;
 use spindle_protocol::{
     ErrorKind, ExecResult, LogLevel, ModuleEntry, RequestId, RunModule, WireError,
@@ -78,6 +78,8 @@ struct Zygote {
     waiters: Mutex<HashMap<u64, SyncSender<Event>>>,
     loaded: Mutex<HashSet<String>>,
     dead: Mutex<Option<String>>,
+    /// The interpreter's private temporary directories (one per remote_tmp).
+    tmpdirs: Mutex<Vec<String>>,
 }
 
 struct Pool {
@@ -202,6 +204,7 @@ impl Zygote {
             waiters: Mutex::default(),
             loaded: Mutex::default(),
             dead: Mutex::default(),
+            tmpdirs: Mutex::default(),
         });
         exec::running().insert(z.pid);
         let reader = z.clone();
@@ -226,6 +229,9 @@ impl Zygote {
         let _ = child.kill();
         let _ = child.wait();
         exec::running().remove(&self.pid);
+        for dir in lock(&self.tmpdirs).drain(..) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     fn read_loop(&self) {
@@ -253,6 +259,10 @@ impl Zygote {
             "started" => Event::Started(m.pid),
             "exit" => Event::Exit(m.code, m.signal),
             "error" => Event::Failed(m.message),
+            "tmpdir" => {
+                lock(&self.tmpdirs).push(m.message);
+                return;
+            }
             _ => return,
         };
         let done = !matches!(event, Event::Started(_));
@@ -346,10 +356,18 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
             .map_err(|e| WireError::new(ErrorKind::InvalidInput, format!("extensions: {e}")))?,
         None => serde_json::json!({}),
     };
-    let env: serde_json::Map<String, serde_json::Value> = req
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
+    // As a fresh login would see it, then the task's own variables.
+    let login = login_env::delta();
+    let env: serde_json::Map<String, serde_json::Value> = login
+        .set
+        .into_iter()
+        .chain(req.env.iter().cloned())
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    let unset: Vec<String> = login
+        .unset
+        .into_iter()
+        .filter(|k| !env.contains_key(k))
         .collect();
     let msg = serde_json::json!({
         "op": "run",
@@ -362,6 +380,7 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         "extensions": extensions,
         "rlimit_nofile": req.rlimit_nofile,
         "env": env,
+        "unset": unset,
     });
     let (tx, rx) = mpsc::sync_channel(2);
     lock(&z.waiters).insert(id, tx);

@@ -270,3 +270,42 @@ pub fn child_fd(cmd: &mut Command, fd: std::os::fd::RawFd, target: std::os::fd::
         })
     };
 }
+
+/// Asks for a larger pipe buffer on `fd` so a whole frame fits and the
+/// writer and sshd wake each other less often. Not a pipe (a socket, a
+/// terminal) or over the system's limit: left as it is.
+pub fn grow_pipe(fd: i32, size: i32) {
+    // SAFETY: F_SETPIPE_SZ only resizes a pipe's buffer; any other kind of
+    // descriptor makes it fail with no effect.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) };
+}
+
+/// Waits up to `timeout` until some of `fds` can be read (or hit end of
+/// file); returns those.
+pub fn poll_readable(fds: &[i32], timeout: std::time::Duration) -> io::Result<Vec<i32>> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs that
+    // outlives the call.
+    let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
+    }
+    Ok(polls
+        .iter()
+        .filter(|p| p.revents != 0)
+        .map(|p| p.fd)
+        .collect())
+}

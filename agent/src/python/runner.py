@@ -16,13 +16,17 @@
 # 4. Every task runs in its own forked child, so nothing a module does to its
 #    interpreter (patches, globals, environment, fds, atexit) reaches the next.
 # The zygote stays single-threaded so that forking it is safe.
-import array, errno, json, os, select, signal, socket, sys
+import array, errno, json, os, re, select, signal, shutil, socket, sys
 
 SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 MAX_PACKET = 1 << 20
 codes = {}  # hash -> (zip path readable by us and our children, memfd)
-children = {}  # pid -> request id
+children = {}  # pid -> (request id, task temp dir or None, keep it)
 warmed = False
+TMP = {}  # remote_tmp -> this interpreter's private temp dir under it
+TMPDIR_NULL = re.compile(r'"_ansible_tmpdir"\s*:\s*null')
+REMOTE_TMP = re.compile(r'"_ansible_remote_tmp"\s*:\s*("(?:[^"\\]|\\.)*")')
+KEEP = re.compile(r'"_ansible_keep_remote_files"\s*:\s*true')
 
 
 def recv():
@@ -92,6 +96,8 @@ def run_child(req, path, fds):
         sys.stdin = sys.__stdin__ = stream(0, "r", errs)
         sys.stdout = sys.__stdout__ = stream(1, "w", errs)
         sys.stderr = sys.__stderr__ = stream(2, "w", err_errs, sys.version_info >= (3, 9))
+        for name in req.get("unset") or ():
+            os.environ.pop(name, None)
         os.environ.update(req.get("env") or {})
         if "TZ" in (req.get("env") or {}):
             import time
@@ -188,13 +194,92 @@ def reap():
             return
         if pid == 0:
             return
-        rid = children.pop(pid, None)
+        rid, tmp, keep = children.pop(pid, (None, None, False))
         if rid is None:
             continue
+        if tmp and not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
         if os.WIFSIGNALED(status):
             send({"op": "exit", "id": rid, "code": None, "signal": os.WTERMSIG(status)})
         else:
             send({"op": "exit", "id": rid, "code": os.WEXITSTATUS(status), "signal": None})
+
+
+def private_tmp(remote_tmp):
+    # One directory per interpreter and remote_tmp, 0700, where the module
+    # would make its own: under remote_tmp, or without one where tempfile
+    # picks (TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp, the working
+    # directory). The agent removes them with the interpreter. Whenever
+    # that is not possible the module is left to do as it would in a stock
+    # run (including creating a missing remote_tmp, and warning about it).
+    if TMP.get(remote_tmp):
+        return TMP[remote_tmp]
+    import tempfile
+    base = os.path.expanduser(os.path.expandvars(remote_tmp)) if remote_tmp else None
+    if base is not None and not os.path.isdir(base):
+        return None
+    try:
+        path = tempfile.mkdtemp(prefix="spindle-", dir=base)
+    except OSError:
+        return None
+    send({"op": "tmpdir", "message": path})
+    TMP[remote_tmp] = path
+    return path
+
+
+def task_tmp(req):
+    # Where the module's own temporary files go, as `_ansible_tmpdir`: a
+    # fresh directory per task, removed once the task is reaped (unless
+    # Ansible asked to keep remote files). Made here, before the fork, so
+    # the module finds it; a module that never asks for it costs a mkdir.
+    params = req["params"]
+    if not TMPDIR_NULL.search(params):
+        return None, False
+    found = REMOTE_TMP.search(params)
+    remote_tmp = json.loads(found.group(1)) if found else None
+    base = private_tmp(remote_tmp)
+    if base is None:
+        return None, False
+    path = os.path.join(base, "task-%d" % req["id"])
+    try:
+        os.mkdir(path, 0o700)
+    except OSError:
+        # Removed under us: made afresh for the next task.
+        TMP.pop(remote_tmp, None)
+        return None, False
+    req["params"] = TMPDIR_NULL.sub(lambda _: '"_ansible_tmpdir": ' + json.dumps(path), params, 1)
+    return path, bool(KEEP.search(params))
+
+
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def resolv_stamp():
+    try:
+        st = os.stat(RESOLV_CONF)
+        return (st.st_ino, st.st_size, st.st_mtime)
+    except OSError:
+        return None
+
+
+RESOLV = resolv_stamp()
+
+
+def refresh_resolver():
+    # A long-lived process may keep the resolver settings it read first
+    # (older C libraries never look again); a task after an edit of
+    # /etc/resolv.conf must see it, as one in a new SSH session would.
+    global RESOLV
+    now = resolv_stamp()
+    if now == RESOLV:
+        return
+    RESOLV = now
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        (getattr(libc, "__res_init", None) or libc.res_init)()
+    except Exception:
+        pass
 
 
 def handle(req, fds):
@@ -212,6 +297,8 @@ def handle(req, fds):
                 os.close(fd)
             send({"op": "error", "id": req["id"], "message": "code %s not loaded" % req["hash"]})
             return
+        refresh_resolver()
+        tmp, keep = task_tmp(req)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -219,7 +306,7 @@ def handle(req, fds):
             run_child(req, path, fds)
         for fd in fds:
             os.close(fd)
-        children[pid] = req["id"]
+        children[pid] = (req["id"], tmp, keep)
         send({"op": "started", "id": req["id"], "pid": pid})
 
 
@@ -247,3 +334,5 @@ while True:
         if req is None:
             break
         handle(req, fds)
+for path in TMP.values():
+    shutil.rmtree(path, ignore_errors=True)

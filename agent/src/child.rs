@@ -1,0 +1,492 @@
+//! Child agents under other accounts: `become` without one sudo per task.
+//!
+//! Theory of operation:
+//! 1. [`start`] runs `sudo FLAGS -u USER <bootstrap command line>` with the
+//!    fixed command line of `spindle_bootstrap` (so a sudoers rule can name
+//!    it) and plays the controller's part of the bootstrap: stage lines,
+//!    boot line, this agent's own binary, hello.
+//! 2. The first try is non-interactive (`-n`). Only when sudo says it needs
+//!    a password and the request carries one is there a second try, with
+//!    `-S` and a prompt of our own: the password is written when that prompt
+//!    appears on sudo's stderr; a second prompt means it was wrong.
+//! 3. Once started, a writer thread alone feeds the child's stdin (frames
+//!    the controller routed to it, passed on unread) and a reader thread
+//!    splits its stdout into frames and sends each up as
+//!    [`FromAgent::Routed`]. When the child's stdout ends, the controller
+//!    gets [`FromAgent::ChildGone`].
+//! 4. Dropping the writer's channel (the agent shutting down) closes the
+//!    child's stdin, which ends it.
+
+use crate::ctl::{self, Control};
+use crate::{io_error, out, sys};
+use spindle_bootstrap::{BootLine, Codec};
+use spindle_protocol::{
+    frame, Become, Blob, Child, ErrorKind, FromAgent, Hello, LogLevel, WireError, HELLO_MAGIC,
+};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The error for a wrong password, in Ansible's words.
+pub const INCORRECT: &str = "Incorrect sudo password";
+
+/// The error when sudo wants a password and none was given, in Ansible's
+/// words.
+pub const MISSING: &str = "Missing sudo password";
+
+/// Frames queued for one child before the dispatcher waits for it.
+const QUEUE: usize = 64;
+
+/// Output tolerated before the boot line and around the hello.
+const MAX_NOISE: usize = 64 << 10;
+
+/// Bytes of sudo's stderr kept to explain a failure.
+const STDERR_KEEP: usize = 4096;
+
+struct Entry {
+    tx: SyncSender<Vec<u8>>,
+}
+
+fn children() -> MutexGuard<'static, HashMap<u32, Entry>> {
+    static CHILDREN: OnceLock<Mutex<HashMap<u32, Entry>>> = OnceLock::new();
+    CHILDREN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The compressed agent the controller sent, for children whose stage asks
+/// for xz.
+fn agent_xz() -> MutexGuard<'static, Option<Arc<Vec<u8>>>> {
+    static XZ: Mutex<Option<Arc<Vec<u8>>>> = Mutex::new(None);
+    XZ.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Passes a routed frame to child `child`.
+pub fn route(child: u32, frame: Vec<u8>) {
+    let tx = children().get(&child).map(|e| e.tx.clone());
+    match tx {
+        // Blocks only while the child has a full queue.
+        Some(tx) if tx.send(frame).is_ok() => {}
+        _ => out::out().send(FromAgent::ChildGone {
+            child,
+            reason: format!("no child agent {child}"),
+        }),
+    }
+}
+
+/// Ends every child (their stdin closes).
+pub fn stop_all() {
+    children().clear();
+}
+
+/// Why one try failed.
+enum Failure {
+    /// sudo wants a password and we did not give one.
+    NeedsPassword(String),
+    Error(WireError),
+}
+
+impl From<WireError> for Failure {
+    fn from(e: WireError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+pub fn start(mut req: Become, control: &Control) -> Result<Child, WireError> {
+    if let Some(agent) = req.agent.take() {
+        *agent_xz() = Some(Arc::new(agent.into_inner()));
+    }
+    let deadline = Instant::now() + Duration::from_millis(req.timeout_ms.max(1));
+    let interactive = |f: &str| f == "-n" || f == "--non-interactive";
+    // `-k`: never use credentials sudo cached for this agent, as a stock
+    // run's fresh session has none.
+    let mut quiet: Vec<String> = req.flags.clone();
+    quiet.push("-k".into());
+    if !quiet.iter().any(|f| interactive(f)) {
+        quiet.push("-n".into());
+    }
+    let first = attempt(&req, &quiet, None, deadline, control);
+    let need = match first {
+        Ok(c) => return Ok(c),
+        Err(Failure::Error(e)) => return Err(e),
+        Err(Failure::NeedsPassword(why)) => why,
+    };
+    let Some(password) = req.password.clone() else {
+        out::log(LogLevel::Debug, format!("sudo: {}", need.trim()));
+        let msg = format!("{MISSING}\n{}", hint(&req));
+        return Err(WireError::new(ErrorKind::PermissionDenied, msg));
+    };
+    let mut asking: Vec<String> = req
+        .flags
+        .iter()
+        .filter(|f| !interactive(f) && f.as_str() != "-S")
+        .cloned()
+        .collect();
+    asking.extend(["-k".into(), "-S".into(), "-p".into(), prompt()]);
+    match attempt(&req, &asking, Some(password.as_ref()), deadline, control) {
+        Ok(c) => Ok(c),
+        Err(Failure::Error(e)) => Err(e),
+        // Asked again although we answered: the password was not taken.
+        Err(Failure::NeedsPassword(_)) => {
+            Err(WireError::new(ErrorKind::PermissionDenied, INCORRECT))
+        }
+    }
+}
+
+/// What to tell a user whose sudo refused the child's bootstrap: the
+/// exact command, as a sudoers rule must name it.
+fn hint(req: &Become) -> String {
+    format!(
+        "Spindle becomes {} by running its bootstrap through sudo; to allow \
+         that without a password, a sudoers rule must name exactly this \
+         command: {}",
+        req.user,
+        spindle_bootstrap::command_argv(req.python.as_deref()).join(" ")
+    )
+}
+
+/// A prompt nobody else prints.
+fn prompt() -> String {
+    format!("[spindle sudo {}] password:", std::process::id())
+}
+
+fn attempt(
+    req: &Become,
+    flags: &[String],
+    password: Option<&[u8]>,
+    deadline: Instant,
+    control: &Control,
+) -> Result<Child, Failure> {
+    let what = format!("becoming {} with {}", req.user, req.exe);
+    let mut cmd = Command::new(&req.exe);
+    cmd.args(flags)
+        .arg("-u")
+        .arg(&req.user)
+        .args(spindle_bootstrap::command_argv(req.python.as_deref()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut proc = cmd.spawn().map_err(|e| io_error(&what, e))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (proc.stdin.take(), proc.stdout.take(), proc.stderr.take())
+    else {
+        unreachable!("all three were configured as pipes")
+    };
+    let mut stdin = File::from(std::os::fd::OwnedFd::from(stdin));
+    let mut stdout = File::from(std::os::fd::OwnedFd::from(stdout));
+    let mut stderr = File::from(std::os::fd::OwnedFd::from(stderr));
+    let preamble = spindle_bootstrap::stdin_preamble(req.python.as_deref());
+    let prompt = prompt();
+    let fail = |proc: &mut std::process::Child, f: Failure| {
+        let _ = proc.kill();
+        let _ = proc.wait();
+        Err(f)
+    };
+    if password.is_none() {
+        if let Err(e) = stdin.write_all(&preamble) {
+            return fail(&mut proc, io_error(&what, e).into());
+        }
+    }
+
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut prompts_answered = 0;
+    let mut boot: Option<BootLine> = None;
+    let mut stdout_open = true;
+    let mut stderr_open = true;
+    loop {
+        if control.is_cancelled() {
+            return fail(&mut proc, ctl::cancelled().into());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let e = WireError::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "Timeout ({}s) waiting for privilege escalation prompt: {}",
+                    req.timeout_ms / 1000,
+                    text(&err)
+                ),
+            );
+            return fail(&mut proc, e.into());
+        }
+        let fds: Vec<i32> = [(stdout_open, &stdout), (stderr_open, &stderr)]
+            .iter()
+            .filter(|(open, _)| *open)
+            .map(|(_, f)| f.as_raw_fd())
+            .collect();
+        if fds.is_empty() {
+            // What sudo said is the error, as a stock run shows it.
+            proc.wait().map_err(|e| io_error(&what, e))?;
+            let mut why = String::from_utf8_lossy(&err).into_owned();
+            if why.contains("is not allowed to execute") {
+                why.push_str(&hint(req));
+                why.push('\n');
+            }
+            let f = if needs_password(&err) {
+                Failure::NeedsPassword(why)
+            } else {
+                Failure::Error(WireError::new(ErrorKind::PermissionDenied, why))
+            };
+            return Err(f);
+        }
+        let ready = sys::poll_readable(&fds, left.min(Duration::from_millis(200)))
+            .map_err(|e| io_error(&what, e))?;
+        for fd in ready {
+            let mut buf = [0u8; 8192];
+            if fd == stderr.as_raw_fd() {
+                let n = stderr.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    stderr_open = false;
+                    continue;
+                }
+                err.extend_from_slice(&buf[..n]);
+                let seen = count(&err, prompt.as_bytes());
+                if seen > prompts_answered {
+                    let Some(pw) = password else { continue };
+                    if prompts_answered > 0 {
+                        let why = INCORRECT.to_owned();
+                        return fail(
+                            &mut proc,
+                            Failure::Error(WireError::new(ErrorKind::PermissionDenied, why)),
+                        );
+                    }
+                    prompts_answered = seen;
+                    let mut typed = pw.to_vec();
+                    typed.push(b'\n');
+                    typed.extend_from_slice(&preamble);
+                    if let Err(e) = stdin.write_all(&typed) {
+                        return fail(&mut proc, io_error(&what, e).into());
+                    }
+                }
+                if password.is_none() && needs_password(&err) {
+                    let why = String::from_utf8_lossy(&err).into_owned();
+                    return fail(&mut proc, Failure::NeedsPassword(why));
+                }
+                if err.len() > STDERR_KEEP {
+                    err.drain(..err.len() - STDERR_KEEP);
+                }
+            } else {
+                let n = stdout.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    stdout_open = false;
+                    continue;
+                }
+                out.extend_from_slice(&buf[..n]);
+                if boot.is_none() {
+                    match take_boot_line(&mut out) {
+                        Ok(Some(b)) => {
+                            if let Err(e) = send_agent(&mut stdin, &b) {
+                                return fail(&mut proc, e.into());
+                            }
+                            boot = Some(b);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            return fail(
+                                &mut proc,
+                                WireError::new(ErrorKind::Protocol, format!("{what}: {e}")).into(),
+                            )
+                        }
+                    }
+                }
+                if boot.is_some() {
+                    match take_hello(&mut out) {
+                        Ok(Some(hello)) => {
+                            return Ok(adopt(proc, stdin, stdout, stderr, out, hello, err));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            return fail(
+                                &mut proc,
+                                WireError::new(ErrorKind::Protocol, format!("{what}: {e}")).into(),
+                            )
+                        }
+                    }
+                }
+                if out.len() > MAX_NOISE {
+                    let e = WireError::new(
+                        ErrorKind::Protocol,
+                        format!("{what}: too much output before the child agent started"),
+                    );
+                    return fail(&mut proc, e.into());
+                }
+            }
+        }
+    }
+}
+
+fn needs_password(err: &[u8]) -> bool {
+    let t = text(err);
+    t.contains("password is required") || t.contains("a terminal is required")
+}
+
+fn text(err: &[u8]) -> String {
+    String::from_utf8_lossy(err).trim().to_owned()
+}
+
+fn count(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+/// The boot line, once a whole one is in `out` (noise before it dropped).
+fn take_boot_line(out: &mut Vec<u8>) -> Result<Option<BootLine>, String> {
+    while let Some(nl) = out.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = out.drain(..=nl).collect();
+        let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+        if let Some(b) = BootLine::parse(&line).map_err(|e| e.to_string())? {
+            return Ok(Some(b));
+        }
+    }
+    Ok(None)
+}
+
+/// This agent's binary, as the child's stage asked for it.
+fn send_agent(stdin: &mut File, boot: &BootLine) -> Result<(), WireError> {
+    if boot.arch != std::env::consts::ARCH {
+        return Err(WireError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "child agent wants {}, this agent is {}",
+                boot.arch,
+                std::env::consts::ARCH
+            ),
+        ));
+    }
+    let blob: Arc<Vec<u8>> = match boot.codec {
+        Codec::Xz => agent_xz()
+            .clone()
+            .ok_or_else(|| WireError::new(ErrorKind::CodeMissing, "the compressed agent"))?,
+        Codec::Raw => Arc::new(
+            std::fs::read("/proc/self/exe").map_err(|e| io_error("reading this agent", e))?,
+        ),
+    };
+    stdin
+        .write_all(&spindle_bootstrap::blob_header(blob.len()))
+        .and_then(|_| stdin.write_all(&blob))
+        .map_err(|e| io_error("sending the child agent", e))
+}
+
+/// The hello behind its magic, once whole; what follows stays in `out`.
+fn take_hello(out: &mut Vec<u8>) -> Result<Option<Hello>, String> {
+    let Some(pos) = out
+        .windows(HELLO_MAGIC.len())
+        .position(|w| w == HELLO_MAGIC)
+    else {
+        return Ok(None);
+    };
+    let start = pos + HELLO_MAGIC.len();
+    // Only the hello can come first: decoding just that keeps every other
+    // message's decoder out of the agent.
+    #[derive(serde::Deserialize)]
+    enum First {
+        Hello(Hello),
+    }
+    match frame::decode::<First>(&out[start..]).map_err(|e| e.to_string())? {
+        Some((First::Hello(h), used)) => {
+            out.drain(..start + used);
+            Ok(Some(h))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Registers a started child and starts its threads.
+fn adopt(
+    mut proc: std::process::Child,
+    mut stdin: File,
+    mut stdout: File,
+    mut stderr: File,
+    mut pending: Vec<u8>,
+    hello: Hello,
+    mut err: Vec<u8>,
+) -> Child {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+    children().insert(id, Entry { tx });
+    spawn(move || {
+        while let Ok(frame) = rx.recv() {
+            if stdin.write_all(&frame).is_err() {
+                break;
+            }
+        }
+        // Dropping stdin ends the child.
+    });
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let tail_w = tail.clone();
+    spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            err.extend_from_slice(&buf[..n]);
+            if err.len() > STDERR_KEEP {
+                err.drain(..err.len() - STDERR_KEEP);
+            }
+            *tail_w.lock().unwrap_or_else(|e| e.into_inner()) = err.clone();
+        }
+    });
+    spawn(move || {
+        let reason = forward(id, &mut stdout, &mut pending);
+        children().remove(&id);
+        let _ = proc.wait();
+        let said = text(&tail.lock().unwrap_or_else(|e| e.into_inner()));
+        let reason = if said.is_empty() {
+            reason
+        } else {
+            format!("{reason}: {said}")
+        };
+        out::log(LogLevel::Debug, format!("child agent {id} ended: {reason}"));
+        out::out().send(FromAgent::ChildGone { child: id, reason });
+    });
+    Child {
+        child: id,
+        hello: Box::new(hello),
+    }
+}
+
+/// Reads the child's frames and sends each up whole. Returns why it ended.
+fn forward(id: u32, stdout: &mut File, buf: &mut Vec<u8>) -> String {
+    let mut scratch = vec![0u8; 64 << 10];
+    loop {
+        while let Some(header) = buf.first_chunk::<{ frame::HEADER_LEN }>() {
+            let len = match frame::body_len(*header) {
+                Ok(len) => len,
+                Err(e) => return format!("child agent sent a bad frame: {e}"),
+            };
+            let whole = frame::HEADER_LEN + len;
+            if buf.len() < whole {
+                break;
+            }
+            let rest = buf.split_off(whole);
+            let frame = std::mem::replace(buf, rest);
+            out::out().send(FromAgent::Routed {
+                child: id,
+                frame: Blob::from(frame),
+            });
+        }
+        match stdout.read(&mut scratch) {
+            Ok(0) => return "child agent exited".into(),
+            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return format!("reading from the child agent: {e}"),
+        }
+    }
+}
+
+fn spawn(f: impl FnOnce() + Send + 'static) {
+    // Thread creation fails only when the process is out of resources.
+    std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(f)
+        .expect("spawning a child agent thread");
+}
