@@ -19,6 +19,11 @@ from spindle_ansible import payload as _payload  # noqa: E402
 
 DOCUMENTATION = _ssh.DOCUMENTATION.replace("name: ssh", "name: spindle", 1)
 
+# Become plugins whose account switch the agent does itself, once per
+# account and run (a child agent under that account). Others keep Ansible's
+# own handling: their wrapped command runs like any other.
+_SERVED_BECOME = ("sudo", "ansible.builtin.sudo")
+
 # ssh options that would make our ssh a long-lived multiplexing master; the
 # controller already keeps exactly one connection per host for the run.
 _MUX_OPTIONS = ("controlmaster", "controlpersist", "controlpath")
@@ -94,18 +99,62 @@ class Connection(ConnectionBase):
         except _client.ControllerError as e:
             if e.unreachable:
                 raise AnsibleConnectionFailure(str(e))
+            if e.plain:
+                raise AnsibleError(str(e))
             raise AnsibleError("spindle: %s" % e)
+
+    def set_become_plugin(self, plugin):
+        super().set_become_plugin(plugin)
+        if plugin is not None and plugin.name in _SERVED_BECOME:
+            _watch(plugin)
+
+    def _unwrap_become(self, cmd):
+        """(command, account) for `cmd`: when it holds the command the
+        current become plugin last wrapped, the same command without the
+        wrapping and the account to run it as; otherwise `cmd` itself and
+        the login account (None).
+
+        Ansible hands over `EXE -c 'WRAPPED'` (with ` && sleep 0` appended
+        for the default executable), or WRAPPED alone without an executable.
+        """
+        plugin = self.become
+        last = getattr(plugin, "_spindle_last", None) if plugin is not None else None
+        if last is None:
+            return cmd, None
+        wrapped, raw = last
+        account = {
+            "exe": plugin.get_option("become_exe") or "sudo",
+            "flags": shlex.split(plugin.get_option("become_flags") or ""),
+            "user": plugin.get_option("become_user") or "root",
+            "password": plugin.get_option("become_pass") or None,
+        }
+        if cmd == wrapped:
+            return raw, account
+        try:
+            words = shlex.split(cmd)
+        except ValueError:
+            return cmd, None
+        if len(words) != 3 or words[1] != "-c":
+            return cmd, None
+        if words[2] == wrapped:
+            return "%s -c %s" % (words[0], shlex.quote(raw)), account
+        if words[2] == self._shell.append_command(wrapped, "sleep 0"):
+            inner = self._shell.append_command(raw, "sleep 0")
+            return "%s -c %s" % (words[0], shlex.quote(inner)), account
+        return cmd, None
 
     def exec_command(self, cmd, in_data=None, sudoable=True):
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        cmd, account = self._unwrap_become(cmd)
         module = _pipelined_module(cmd, in_data) if in_data else None
         if module is not None:
             python, env, parts = module
             parts["zip"] = _client.b64(parts["zip"])
-            reply = self._call({"op": "module", "python": python, "env": env, "module": parts})
+            request = {"op": "module", "python": python, "env": env, "module": parts}
         else:
             request = {"op": "exec", "cmd": cmd, "stdin": _client.b64(in_data) if in_data else None}
-            reply = self._call(request)
+        request["become"] = account
+        reply = self._call(request)
         return reply["rc"], _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
 
     def put_file(self, in_path, out_path):
@@ -125,6 +174,22 @@ class Connection(ConnectionBase):
     def close(self):
         # The controller keeps the host's link for the rest of the run.
         self._connected = False
+
+
+def _watch(plugin):
+    """Makes `plugin` remember the last command it wrapped, so that
+    exec_command can run the inner command in a child agent instead."""
+    if getattr(plugin, "_spindle_watched", False):
+        return
+    build = plugin.build_become_command
+
+    def build_and_remember(cmd, shell):
+        wrapped = build(cmd, shell)
+        plugin._spindle_last = (wrapped, cmd) if wrapped != cmd else None
+        return wrapped
+
+    plugin.build_become_command = build_and_remember
+    plugin._spindle_watched = True
 
 
 def _pipelined_module(cmd, in_data):

@@ -20,9 +20,12 @@ __all__ = ["Client", "ControllerError"]
 
 
 class ControllerError(Exception):
-    def __init__(self, message, unreachable):
+    def __init__(self, message, unreachable, plain=False):
         super().__init__(message)
         self.unreachable = unreachable
+        # The message is meant for the user as it is (as stock Ansible
+        # words it), not as a Spindle error.
+        self.plain = plain
 
 
 def _private_dir():
@@ -107,7 +110,7 @@ class Client(object):
             self.close()
             raise ControllerError("lost the spindle controller: %s" % e, True)
         if "error" in reply:
-            raise ControllerError(reply["error"], reply.get("unreachable", False))
+            raise ControllerError(reply["error"], reply.get("unreachable", False), reply.get("plain", False))
         return reply
 
     def _recv(self, n):

@@ -11,14 +11,23 @@ use crate::error::{Error, Result};
 use crate::link::{Link, Pending};
 use crate::transport::{Destination, Transport};
 use spindle_protocol::{
-    Code, ErrorKind, Exec, ExecResult, Fetch, FetchResult, MakeTempDir, ModuleEntry, Ping, Put,
-    PutResult, RemoveTempDir, RunModule, Stat, StatResult, StreamKind, CHUNK, INLINE_MAX,
+    Become, Code, ErrorKind, Exec, ExecResult, Fetch, FetchResult, MakeTempDir, ModuleEntry, Ping,
+    Put, PutResult, RemoveTempDir, RunModule, Stat, StatResult, StreamKind, CHUNK, INLINE_MAX,
 };
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// What [`Link::note_code`] records once the agent holds the compressed
+/// agent binary (for starting child agents).
+const AGENT_CODE: &str = "agent.xz";
+
+/// Chunks read ahead of an upload, or queued for writing during a fetch.
+const READ_AHEAD: usize = 4;
 
 /// Everything that identifies one agent connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -57,6 +66,7 @@ impl Controller {
                     target,
                     agents: self.agents.clone(),
                     link: tokio::sync::Mutex::new(None),
+                    accounts: tokio::sync::Mutex::default(),
                     connect_timeout: self.connect_timeout,
                 })
             })
@@ -70,8 +80,38 @@ pub struct Host {
     target: Target,
     agents: Arc<AgentStore>,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    /// Child agents under other accounts, by how they were reached.
+    accounts: tokio::sync::Mutex<HashMap<AccountKey, Arc<Link>>>,
     connect_timeout: Duration,
 }
+
+/// How to switch to another account on the target (Ansible's `become`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BecomeSpec {
+    /// The program: `sudo` or a path to it.
+    pub exe: String,
+    /// `become_flags`, split into words.
+    pub flags: Vec<String>,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for BecomeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password itself.
+        f.debug_struct("BecomeSpec")
+            .field("exe", &self.exe)
+            .field("flags", &self.flags)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+/// How an account was reached: program, flags, user and a digest of the
+/// password (a task with another password gets its own child agent, checked
+/// by sudo as a stock run would).
+type AccountKey = (String, Vec<String>, String, Option<String>);
 
 /// A command's whole result with its output collected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +208,68 @@ impl Host {
         Ok(link)
     }
 
+    /// The link for `account` (the login account's for `None`):
+    /// a child agent started through the login agent on first use and
+    /// kept, so the account switch happens once per account.
+    pub async fn link_as(&self, account: Option<&BecomeSpec>) -> Result<Arc<Link>> {
+        let Some(b) = account else {
+            return self.link().await;
+        };
+        let digest = b.password.as_ref().map(|p| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(p.as_bytes()))
+        });
+        let key = (b.exe.clone(), b.flags.clone(), b.user.clone(), digest);
+        let mut accounts = self.accounts.lock().await;
+        if let Some(link) = accounts.get(&key).filter(|l| !l.is_dead()) {
+            return Ok(link.clone());
+        }
+        accounts.remove(&key);
+        let parent = self.link().await?;
+        // The child's bootstrap runs under sudo, where a sudoers rule may
+        // name its command line: prefer the stable /usr/bin/python3.
+        let pythons = &parent.hello().pythons;
+        let python = self.target.python.clone().or_else(|| {
+            pythons
+                .iter()
+                .find(|p| p.as_str() == "/usr/bin/python3")
+                .or(pythons.first())
+                .cloned()
+        });
+        let req = |agent: Option<Vec<u8>>| Become {
+            exe: b.exe.clone(),
+            flags: b.flags.clone(),
+            user: b.user.clone(),
+            python: python.clone(),
+            password: b.password.as_ref().map(|p| p.as_bytes().to_vec().into()),
+            agent: agent.map(Into::into),
+            timeout_ms: self.connect_timeout.as_millis() as u64,
+        };
+        let xz = || {
+            self.agents
+                .binary(&parent.hello().arch, spindle_bootstrap::Codec::Xz)
+                .map(|b| b.to_vec())
+        };
+        let first = parent.note_code(AGENT_CODE);
+        let child = match parent
+            .call(req(if first { Some(xz()?) } else { None }))
+            .await
+        {
+            Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => {
+                parent.call(req(Some(xz()?))).await?
+            }
+            other => other?,
+        };
+        let link = Arc::new(Link::child(&parent, child.child, *child.hello));
+        accounts.insert(key, link.clone());
+        Ok(link)
+    }
+
+    /// Runs a command as `account` (the login account for `None`).
+    pub async fn exec_as(&self, account: Option<&BecomeSpec>, req: Exec) -> Result<ExecOutput> {
+        collect(&*self.link_as(account).await?, req).await
+    }
+
     /// Closes the link, failing requests still in flight; the agent ends
     /// and takes the commands it runs with it. The next request reconnects.
     pub async fn disconnect(&self) {
@@ -239,7 +341,18 @@ impl Host {
         module: &Module,
         env: Vec<(String, String)>,
     ) -> Result<ExecOutput> {
-        let link = self.link().await?;
+        self.run_module_as(None, python, module, env).await
+    }
+
+    /// [`Host::run_module`] as `account`.
+    pub async fn run_module_as(
+        &self,
+        account: Option<&BecomeSpec>,
+        python: &str,
+        module: &Module,
+        env: Vec<(String, String)>,
+    ) -> Result<ExecOutput> {
+        let link = self.link_as(account).await?;
         let first = link.note_code(&module.hash);
         let req = |with_code: bool| RunModule {
             python: python.to_owned(),
@@ -276,23 +389,74 @@ impl Host {
         &self,
         mut src: impl AsyncRead + Unpin,
         size: u64,
+        req: Put,
+    ) -> Result<PutResult> {
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let read = async move {
+            let mut left = size;
+            while left > 0 {
+                let mut chunk = vec![0u8; left.min(CHUNK as u64) as usize];
+                let got = src.read_exact(&mut chunk).await.map(|_| chunk);
+                let failed = got.is_err();
+                left -= if failed {
+                    left
+                } else {
+                    CHUNK.min(left as usize) as u64
+                };
+                if tx.send(got).await.is_err() || failed {
+                    break;
+                }
+            }
+        };
+        let (_, r) = tokio::join!(read, self.put_chunks(size, req, rx));
+        r
+    }
+
+    /// Uploads a local file; mode defaults to the local file's.
+    pub async fn put_file(&self, local: &Path, mut req: Put) -> Result<PutResult> {
+        if req.mode.is_none() {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(local)
+                .map_err(|e| Error::local(format_args!("reading {}", local.display()), e))?;
+            req.mode = Some(meta.permissions().mode() & 0o7777);
+        }
+        self.put_path(local, req).await
+    }
+
+    /// Uploads a local file with `req` as given (no mode unless set: the
+    /// agent's default, as for a new file). The file is read on a blocking
+    /// thread straight into chunk buffers, ahead of the upload.
+    pub async fn put_path(&self, local: &Path, req: Put) -> Result<PutResult> {
+        let ctx = || format!("reading {}", local.display());
+        let file = std::fs::File::open(local).map_err(|e| Error::local(ctx(), e))?;
+        let size = file.metadata().map_err(|e| Error::local(ctx(), e))?.len();
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let reader = tokio::task::spawn_blocking(move || read_chunks(file, size, tx));
+        let r = self.put_chunks(size, req, rx).await;
+        // The reader ends by itself once the receiver is gone.
+        let _ = reader.await;
+        r
+    }
+
+    /// The upload itself: `chunks` yields exactly `size` bytes in pieces of
+    /// at most [`CHUNK`]; a source error ends the upload (the agent then
+    /// discards its temporary file).
+    async fn put_chunks(
+        &self,
+        size: u64,
         mut req: Put,
+        mut chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     ) -> Result<PutResult> {
         let link = self.link().await?;
         req.size = size;
         let path = req.path.clone();
-        let read_err = |e| Error::local(format_args!("reading the source for {path}"), e);
+        let short = || SourceError::Short(size).on(&path);
+        let io = |e| SourceError::Io(e).on(&path);
         if size <= INLINE_MAX as u64 {
             let mut data = Vec::with_capacity(size as usize);
-            (&mut src)
-                .take(size)
-                .read_to_end(&mut data)
-                .await
-                .map_err(read_err)?;
-            if data.len() as u64 != size {
-                return Err(Error::Local(format!(
-                    "source for {path} is shorter than {size} bytes"
-                )));
+            while (data.len() as u64) < size {
+                let chunk = chunks.recv().await.ok_or_else(short)?;
+                data.extend_from_slice(&chunk.map_err(io)?);
             }
             req.data = Some(data.into());
             return link.call(req).await;
@@ -300,28 +464,11 @@ impl Host {
         let mut pending: Pending<Put> = link.start(req, false, true).await?;
         let mut left = size;
         while left > 0 {
-            let want = left.min(CHUNK as u64) as usize;
-            let mut chunk = vec![0u8; want];
-            src.read_exact(&mut chunk).await.map_err(read_err)?;
-            left -= want as u64;
+            let chunk = chunks.recv().await.ok_or_else(short)?.map_err(io)?;
+            left = left.saturating_sub(chunk.len() as u64);
             pending.send_data(chunk, left == 0).await?;
         }
         pending.finish().await
-    }
-
-    /// Uploads a local file; mode defaults to the local file's.
-    pub async fn put_file(&self, local: &Path, mut req: Put) -> Result<PutResult> {
-        let ctx = || format!("reading {}", local.display());
-        let file = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| Error::local(ctx(), e))?;
-        let meta = file.metadata().await.map_err(|e| Error::local(ctx(), e))?;
-        if req.mode.is_none() {
-            use std::os::unix::fs::PermissionsExt;
-            req.mode = Some(meta.permissions().mode() & 0o7777);
-        }
-        let reader = tokio::io::BufReader::with_capacity(CHUNK, file);
-        self.put(reader, meta.len(), req).await
     }
 
     /// Streams a remote file into `sink`.
@@ -358,12 +505,36 @@ impl Host {
             std::process::id()
         ));
         let ctx = |what: &str| format!("{what} {}", tmp.display());
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| Error::local(ctx("creating"), e))?;
-        let mut w = tokio::io::BufWriter::with_capacity(CHUNK, file);
-        let result = self.fetch(path, &mut w).await;
-        drop(w);
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::local(ctx("creating"), e))?;
+        // Chunks are written on a blocking thread as they arrive, without
+        // another copy.
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let fetched = async {
+            let link = self.link().await?;
+            let mut pending: Pending<Fetch> =
+                link.start(Fetch { path: path.into() }, true, false).await?;
+            while let Some((_, data)) = pending.next().await {
+                if tx.send(data.into_inner()).await.is_err() {
+                    // The writer failed; its error is reported below.
+                    break;
+                }
+            }
+            drop(tx);
+            pending.finish().await
+        };
+        let fetched = fetched.await;
+        let written = match writer.await {
+            Ok(w) => w.map_err(|e| Error::local(ctx("writing"), e)),
+            Err(e) => Err(Error::Local(format!("writing {}: {e}", tmp.display()))),
+        };
+        let result = written.and(fetched);
         match result {
             Ok(r) => {
                 tokio::fs::rename(&tmp, local)
@@ -376,5 +547,38 @@ impl Host {
                 Err(e)
             }
         }
+    }
+}
+
+/// Why an upload's source gave out.
+#[derive(Debug)]
+enum SourceError {
+    Io(std::io::Error),
+    Short(u64),
+}
+
+impl SourceError {
+    fn on(self, path: &str) -> Error {
+        match self {
+            SourceError::Io(e) => Error::local(format_args!("reading the source for {path}"), e),
+            SourceError::Short(size) => {
+                Error::Local(format!("source for {path} is shorter than {size} bytes"))
+            }
+        }
+    }
+}
+
+/// Reads `size` bytes of `file` into chunk buffers for [`Host::put_chunks`];
+/// stops early when the upload has ended.
+fn read_chunks(mut file: std::fs::File, size: u64, tx: mpsc::Sender<std::io::Result<Vec<u8>>>) {
+    let mut left = size;
+    while left > 0 {
+        let mut chunk = vec![0u8; left.min(CHUNK as u64) as usize];
+        let got = file.read_exact(&mut chunk).map(|_| chunk);
+        let failed = got.is_err();
+        if tx.blocking_send(got).is_err() || failed {
+            return;
+        }
+        left -= CHUNK.min(left as usize) as u64;
     }
 }

@@ -14,7 +14,7 @@ pub mod transport;
 
 pub use agents::AgentStore;
 pub use error::{Error, Result};
-pub use host::{Controller, ExecOutput, Host, Module, Target};
+pub use host::{BecomeSpec, Controller, ExecOutput, Host, Module, Target};
 pub use link::{Link, Pending, StreamItem};
 pub use spindle_protocol as protocol;
 pub use transport::{Destination, SshOptions, Transport};

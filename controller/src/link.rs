@@ -46,6 +46,11 @@ const MAX_NOISE: usize = 64 << 10;
 /// Bytes asked for per read of the agent's output: a whole chunk frame.
 const READ_SIZE: usize = spindle_protocol::CHUNK + 64;
 
+/// Stream frames acknowledged at once: a quarter of the window keeps the
+/// agent sending while cutting the acks (each a packet through ssh, sshd
+/// and the agent) by four.
+const ACK_EVERY: u32 = WINDOW / 4;
+
 /// Bytes of the transport's stderr kept to explain a failure.
 const STDERR_TAIL: usize = 4096;
 
@@ -72,6 +77,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Tells the writer to close the agent's stdin.
     close: tokio::sync::Notify,
+    /// Child agents reached through this one, by the agent's number.
+    children: Mutex<HashMap<u32, Arc<Shared>>>,
 }
 
 impl Shared {
@@ -94,6 +101,26 @@ impl Shared {
                 .reply
                 .send(Err(Error::unreachable(&self.host, reason.clone())));
         }
+        let children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, child) in children {
+            child.die(reason.clone());
+        }
+    }
+
+    fn child(&self, child: u32) -> Option<Arc<Shared>> {
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&child)
+            .cloned()
+    }
+
+    fn forget_child(&self, child: u32) -> Option<Arc<Shared>> {
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&child)
     }
 
     fn unreachable(&self) -> Error {
@@ -118,6 +145,8 @@ pub struct Link {
     /// Module bundles (by hash) this agent has been sent.
     codes: Mutex<std::collections::HashSet<String>>,
     _child: Option<Child>,
+    /// For a child agent: the link it travels on, kept alive with it.
+    _parent: Option<Arc<Link>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -216,6 +245,7 @@ impl Link {
             writer,
             next_id: AtomicU64::new(1),
             close: tokio::sync::Notify::new(),
+            children: Mutex::default(),
         });
         tokio::spawn(write_loop(stdin, queue, shared.clone()).in_current_span());
         tokio::spawn(read_loop(stdout, rest, shared.clone(), stderr_tail).in_current_span());
@@ -224,6 +254,62 @@ impl Link {
             hello,
             codes: Mutex::default(),
             _child: child,
+            _parent: None,
+        }
+    }
+
+    /// The link to child agent `child` of `parent` (see
+    /// [`spindle_protocol::Become`]): its frames travel inside the
+    /// parent's, and it dies with the parent.
+    pub fn child(parent: &Arc<Link>, child: u32, hello: Hello) -> Link {
+        let (writer, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let shared = Arc::new(Shared {
+            host: format!("{} (as {})", parent.shared.host, hello.user),
+            table: Mutex::default(),
+            writer,
+            next_id: AtomicU64::new(1),
+            close: tokio::sync::Notify::new(),
+            children: Mutex::default(),
+        });
+        parent
+            .shared
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(child, shared.clone());
+        if parent.is_dead() {
+            shared.die(parent.shared.unreachable().to_string());
+        }
+        let up = parent.shared.clone();
+        let me = shared.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    let frame = tokio::select! {
+                        f = queue.recv() => match f {
+                            Some(f) => f,
+                            None => return,
+                        },
+                        () = me.close.notified() => return,
+                    };
+                    let routed = ToAgent::Route {
+                        child,
+                        frame: frame.into(),
+                    };
+                    if up.send(&routed).await.is_err() {
+                        me.die(up.unreachable().to_string());
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Link {
+            shared,
+            hello,
+            codes: Mutex::default(),
+            _child: None,
+            _parent: Some(parent.clone()),
         }
     }
 
@@ -308,6 +394,7 @@ impl Link {
             reply: reply_rx,
             stream: stream_rx,
             credit,
+            unacked: 0,
             done: false,
             _call: std::marker::PhantomData,
         };
@@ -329,6 +416,8 @@ pub struct Pending<C: Call> {
     reply: oneshot::Receiver<Result<Reply>>,
     stream: Option<mpsc::Receiver<StreamItem>>,
     credit: Option<Arc<Semaphore>>,
+    /// Stream frames taken but not yet acknowledged.
+    unacked: u32,
     done: bool,
     _call: std::marker::PhantomData<fn() -> C>,
 }
@@ -344,12 +433,15 @@ impl<C: Call> Pending<C> {
     /// `None` once the stream is over (the reply has arrived).
     pub async fn next(&mut self) -> Option<StreamItem> {
         let item = self.stream.as_mut()?.recv().await?;
-        let ack = ToAgent::Ack {
-            id: self.id,
-            frames: 1,
-        };
-        // If the link died, finish() reports it.
-        let _ = self.shared.send(&ack).await;
+        self.unacked += 1;
+        if self.unacked >= ACK_EVERY {
+            let ack = ToAgent::Ack {
+                id: self.id,
+                frames: std::mem::take(&mut self.unacked),
+            };
+            // If the link died, finish() reports it.
+            let _ = self.shared.send(&ack).await;
+        }
         Some(item)
     }
 
@@ -623,11 +715,11 @@ async fn read_loop(
         }
         buf.drain(..start);
         start = 0;
-        let have = buf.len();
-        buf.resize(have + READ_SIZE, 0);
-        match stdout.read(&mut buf[have..]).await {
+        // Reads land in spare capacity: nothing is zeroed first.
+        buf.reserve(READ_SIZE);
+        match stdout.read_buf(&mut buf).await {
             Ok(0) => break stderr.explain("agent gone (connection closed)").await,
-            Ok(n) => buf.truncate(have + n),
+            Ok(_) => {}
             Err(e) => break format!("agent gone: {e}"),
         }
     };
@@ -675,6 +767,26 @@ fn route(shared: &Shared, msg: FromAgent) -> std::result::Result<(), String> {
             LogLevel::Debug => tracing::debug!(target: "spindle::agent", "{message}"),
             LogLevel::Trace => tracing::trace!(target: "spindle::agent", "{message}"),
         },
+        FromAgent::Routed { child, frame } => {
+            let target = shared.child(child);
+            if let Some(c) = target {
+                // A child breaking the protocol ends that child only.
+                let outcome = match frame::decode::<FromAgent>(frame.as_ref()) {
+                    Ok(Some((msg, used))) if used == frame.len() => route(&c, msg),
+                    Ok(_) => Err("child agent sent a partial frame".into()),
+                    Err(e) => Err(format!("child agent sent a bad frame: {e}")),
+                };
+                if let Err(reason) = outcome {
+                    shared.forget_child(child);
+                    c.die(reason);
+                }
+            }
+        }
+        FromAgent::ChildGone { child, reason } => {
+            if let Some(c) = shared.forget_child(child) {
+                c.die(reason);
+            }
+        }
         FromAgent::Hello(_) => return Err("agent sent a second hello".into()),
     }
     Ok(())

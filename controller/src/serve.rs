@@ -15,7 +15,7 @@
 //!    daemon exits when its parent process is gone, taking every SSH
 //!    connection (and so every agent) with it.
 
-use crate::host::{Controller, Module, Target};
+use crate::host::{BecomeSpec, Controller, Module, Target};
 use crate::transport::{Destination, SshOptions, Transport};
 use crate::{Error, Host};
 use base64::Engine;
@@ -151,6 +151,10 @@ async fn client(mut stream: UnixStream, controller: &Controller) -> anyhow::Resu
     }
 }
 
+/// The agent's words for a wrong or missing become password (Ansible's);
+/// they end the task as errors, as in a stock run.
+const PASSWORD_ERRORS: [&str; 2] = ["Incorrect sudo password", "Missing sudo password"];
+
 fn error_reply(e: &Error) -> Value {
     json!({"error": e.to_string(), "unreachable": e.is_unreachable()})
 }
@@ -166,6 +170,28 @@ fn unb64(v: &Value, what: &str) -> Result<Vec<u8>, Error> {
         .map_err(|e| Error::Local(format!("{what}: {e}")))
 }
 
+/// The `become` part of a request: `{"exe", "flags": [..], "user",
+/// "password"}`, or null.
+fn become_spec(v: &Value) -> Result<Option<BecomeSpec>, Error> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let flags = v["flags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(BecomeSpec {
+        exe: field(v, "exe")?.to_owned(),
+        flags,
+        user: field(v, "user")?.to_owned(),
+        password: v["password"].as_str().map(str::to_owned),
+    }))
+}
+
 fn field<'a>(req: &'a Value, name: &str) -> Result<&'a str, Error> {
     req[name]
         .as_str()
@@ -176,10 +202,28 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
     let spec: TargetSpec = serde_json::from_value(req["target"].clone())
         .map_err(|e| Error::Local(format!("bad target: {e}")))?;
     let host: Arc<Host> = controller.host(spec.target());
+    let account = become_spec(&req["become"])?;
+    let account = account.as_ref();
+    if account.is_some() {
+        // An account switch that sudo refuses looks as in a stock run: the
+        // command "ran" with sudo's complaint on stderr and status 1.
+        match host.link_as(account).await {
+            Err(Error::Remote(e))
+                if e.kind == spindle_protocol::ErrorKind::PermissionDenied
+                    && !PASSWORD_ERRORS.iter().any(|p| e.message.starts_with(p)) =>
+            {
+                return Ok(json!({"rc": 1, "stdout": "", "stderr": b64(e.message.as_bytes())}));
+            }
+            Err(Error::Remote(e)) if e.kind != spindle_protocol::ErrorKind::Io => {
+                return Ok(json!({"error": e.message, "plain": true}));
+            }
+            other => drop(other?),
+        }
+    }
     match field(&req, "op")? {
         "exec" => {
-            // As sshd runs a command: with the account's login shell.
-            let link = host.link().await?;
+            // As sshd (or sudo) runs a command: with the account's shell.
+            let link = host.link_as(account).await?;
             let shell = match link.hello().shell.as_str() {
                 "" => "/bin/sh",
                 s => s,
@@ -188,7 +232,7 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             if !req["stdin"].is_null() {
                 exec.stdin = Some(unb64(&req["stdin"], "stdin")?.into());
             }
-            let out = host.exec(exec).await?;
+            let out = host.exec_as(account, exec).await?;
             Ok(
                 json!({"rc": exit_code(out.code, out.signal), "stdout": b64(&out.stdout), "stderr": b64(&out.stderr)}),
             )
@@ -217,7 +261,7 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
                 })
                 .unwrap_or_default();
             let out = host
-                .run_module(field(&req, "python")?, &module, env)
+                .run_module_as(account, field(&req, "python")?, &module, env)
                 .await?;
             Ok(
                 json!({"rc": exit_code(out.code, out.signal), "stdout": b64(&out.stdout), "stderr": b64(&out.stderr)}),
@@ -225,17 +269,7 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
         }
         "put" => {
             let src = PathBuf::from(field(&req, "src")?);
-            let file = tokio::fs::File::open(&src)
-                .await
-                .map_err(|e| Error::local(format_args!("reading {}", src.display()), e))?;
-            let size = file
-                .metadata()
-                .await
-                .map_err(|e| Error::local(format_args!("reading {}", src.display()), e))?
-                .len();
-            let reader = tokio::io::BufReader::with_capacity(spindle_protocol::CHUNK, file);
-            host.put(reader, size, Put::new(field(&req, "dst")?))
-                .await?;
+            host.put_path(&src, Put::new(field(&req, "dst")?)).await?;
             Ok(json!({}))
         }
         "fetch" => {
