@@ -6,6 +6,8 @@
 //! Tests that need the testbed fail with a clear message when it is not up
 //! (`cargo xtask testbed up`); `cargo xtask test` brings it up first.
 
+pub mod playbook;
+
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use spindle_controller::{
@@ -131,6 +133,13 @@ impl TestHost {
         Ok(log.lines().filter(login).count())
     }
 
+    /// Commands sudo ran on this host so far (its log file, which the
+    /// testbed's sudoers sets up).
+    pub fn sudo_count(&self) -> Result<usize> {
+        let log = std::fs::read_to_string(self.root_path("/var/log/sudo.log")).unwrap_or_default();
+        Ok(log.matches("COMMAND=").count())
+    }
+
     /// Processes running inside this host (sharing its sshd's mount
     /// namespace) owned by `uid`, as (pid, command line).
     pub fn processes_of(&self, uid: u32) -> Result<Vec<(u32, String)>> {
@@ -183,6 +192,13 @@ impl TestHost {
         let mut out = BTreeMap::new();
         walk(&self.upper, &self.upper, &mut out)?;
         Ok(out)
+    }
+
+    /// `path` inside the host's root filesystem, as root on this machine
+    /// sees it (through sshd's root directory): for editing system files
+    /// of the host from a test.
+    pub fn root_path(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.sshd_pid))
     }
 
     /// Runs ssh (not Spindle) to the host.

@@ -108,7 +108,11 @@ impl Bench<'_> {
         let mbps = |secs: f64| bytes / secs / 1e6;
         let remote = "/var/tmp/spindle-bench.bin";
         let local_back = PathBuf::from("/var/tmp/spindle-bench-back.bin");
+        // Each run writes a fresh destination: replacing the previous 1 GiB
+        // copy would time the filesystem freeing it (and, for a rename over
+        // it, ext4 flushing the new data early), not the transfer.
         let put_ours = median((0..self.runs).map(|_| {
+            self.ssh(&["rm", "-f", remote])?;
             time(|| {
                 self.spindle_cmd(&[
                     "put",
@@ -117,11 +121,12 @@ impl Bench<'_> {
                 ])
             })
         }))?;
-        let put_scp =
-            median((0..self.runs).map(|_| {
-                time(|| self.scp(&file.display().to_string(), &format!("{HOST}:{remote}")))
-            }))?;
+        let put_scp = median((0..self.runs).map(|_| {
+            self.ssh(&["rm", "-f", remote])?;
+            time(|| self.scp(&file.display().to_string(), &format!("{HOST}:{remote}")))
+        }))?;
         let get_ours = median((0..self.runs).map(|_| {
+            let _ = std::fs::remove_file(&local_back);
             time(|| {
                 self.spindle_cmd(&[
                     "fetch",
@@ -131,6 +136,7 @@ impl Bench<'_> {
             })
         }))?;
         let get_scp = median((0..self.runs).map(|_| {
+            let _ = std::fs::remove_file(&local_back);
             time(|| {
                 self.scp(
                     &format!("{HOST}:{remote}"),
@@ -301,9 +307,9 @@ fn modules(args: &Args) -> Result<()> {
     let mut table = String::new();
     writeln!(
         table,
-        "| RTT | module | Spindle (warm) | stock pipelining | ratio |"
+        "| RTT | module | Spindle (warm) | stock pipelining | ratio | target CPU per task, Spindle | target CPU per task, stock |"
     )?;
-    writeln!(table, "|---|---|---|---|---|")?;
+    writeln!(table, "|---|---|---|---|---|---|---|")?;
     for &rtt in &args.rtt_ms {
         testbed::run(testbed::Command::Up {
             hosts: 4,
@@ -316,16 +322,39 @@ fn modules(args: &Args) -> Result<()> {
             runs: 30,
         };
         for (name, payload) in records.iter().take(2) {
-            let ours = b.spindle_module(payload)?;
-            let stock = b.stock_module(payload)?;
+            // Target CPU per task: the difference between a full batch and
+            // a batch of one cancels connecting and starting up.
+            let per_task_cpu = |batch: &dyn Fn(&Bench) -> Result<f64>| -> Result<(f64, f64)> {
+                let one = Bench {
+                    spindle: b.spindle,
+                    cfg: b.cfg.clone(),
+                    runs: 1,
+                };
+                let c0 = testbed::cpu_ms(HOST)?;
+                batch(&one)?;
+                settle();
+                let c1 = testbed::cpu_ms(HOST)?;
+                let wall = batch(&b)?;
+                settle();
+                let c2 = testbed::cpu_ms(HOST)?;
+                // The two batches differ by `runs - 1` warm tasks.
+                Ok((wall, ((c2 - c1) - (c1 - c0)) / (b.runs - 1) as f64))
+            };
+            let (ours, ours_cpu) = per_task_cpu(&|b| b.spindle_module(payload))?;
+            let (stock, stock_cpu) = per_task_cpu(&|b| b.stock_module(payload))?;
             writeln!(
                 table,
-                "| {rtt} ms | {name} | {ours:.1} ms | {stock:.1} ms | {:.2}x |",
+                "| {rtt} ms | {name} | {ours:.1} ms | {stock:.1} ms | {:.2}x | {ours_cpu:.1} ms | {stock_cpu:.1} ms |",
                 stock / ours
             )?;
         }
     }
     report(args, &table)
+}
+
+/// Lets the target reap what just finished, so its CPU is counted.
+fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(300));
 }
 
 /// Runs the recording playbook on the bench host; returns (module, payload).
@@ -427,6 +456,18 @@ fn ansible(args: &Args) -> Result<()> {
         "1 task looping command: /bin/true x 200",
         "loop200.yml",
         looped.to_owned(),
+    ));
+    let mut switching = String::from("- hosts: sp1\n  gather_facts: false\n  tasks:\n");
+    for i in 0..30 {
+        switching.push_str(&format!(
+            "    - command: id -un\n      become: {}\n",
+            i % 2 == 0
+        ));
+    }
+    playbooks.push((
+        "30 x command: id -un, become on and off",
+        "become30.yml",
+        switching,
     ));
     for (_, file, text) in &playbooks {
         std::fs::write(dir.join(file), text)?;

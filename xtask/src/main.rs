@@ -115,7 +115,7 @@ fn test(extra: &[String]) -> Result<()> {
     ansible_venv()?;
     // The end-to-end tests drive the `spindle` binary too.
     cargo(&["build", "--quiet", "--package", "spindle-controller"])?;
-    let mut args = vec!["test", "--workspace", "--exclude", "spindle-agent"];
+    let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
 }

@@ -80,11 +80,18 @@ const LOGIN_USER: &str = "spindle";
 const ROOT_PASSWORD: &str = "root-pw";
 /// Accounts created inside every host: (name, uid, password). The login
 /// account gets no password, only the testbed key.
-const ACCOUNTS: [(&str, u32, Option<&str>); 3] = [
+const ACCOUNTS: [(&str, u32, Option<&str>); 5] = [
     (LOGIN_USER, 2001, None),
     ("alice", 2002, Some("alice-pw")),
     ("bob", 2003, Some("bob-pw")),
+    // Restricted deploy accounts: sudo allows carol only Spindle's
+    // bootstrap command line, and dave a rule one character off it.
+    ("carol", 2004, None),
+    ("dave", 2005, None),
 ];
+/// The sudoers command for Spindle's bootstrap with the system Python, as
+/// README.md documents it.
+const BOOTSTRAP_RULE: &str = "/usr/bin/python3 -c import sys;exec(sys.stdin.buffer.readline())";
 const PYENV_VERSIONS: &str = "/root/.pyenv/versions";
 const DELAY_CHAIN: &str = "SPINDLE-DELAY";
 /// A veth end that swallows packets, routed for the whole testbed range
@@ -738,7 +745,7 @@ fn sshd_config(penalties: bool) -> String {
          HostKey /etc/ssh/ssh_host_ed25519_key\n\
          HostKey /etc/ssh/ssh_host_ecdsa_key\n\
          HostKey /etc/ssh/ssh_host_rsa_key\n\
-         UsePAM no\n\
+         UsePAM yes\n\
          PubkeyAuthentication yes\n\
          PasswordAuthentication yes\n\
          KbdInteractiveAuthentication no\n\
@@ -1040,12 +1047,18 @@ for account in $ACCOUNTS; do
 done
 # Without PAM, sshd refuses every login to an account whose password is
 # locked ("!"), keys included; "*" means "no password" without locking.
-usermod --password '*' "$LOGIN_USER"
-home=/home/$LOGIN_USER
-install -d -m 0700 -o "$LOGIN_USER" -g "$LOGIN_USER" "$home/.ssh"
-printf '%s\n' "$PUBKEY" > "$home/.ssh/authorized_keys"
-chown "$LOGIN_USER:$LOGIN_USER" "$home/.ssh/authorized_keys"
-chmod 0600 "$home/.ssh/authorized_keys"
+# The key logs in as the login account; as alice, whose sudo asks for her
+# password; and as the restricted carol and dave (no password at all).
+for user in "$LOGIN_USER" carol dave; do
+    usermod --password '*' "$user"
+done
+for user in "$LOGIN_USER" alice carol dave; do
+    home=/home/$user
+    install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
+    printf '%s\n' "$PUBKEY" > "$home/.ssh/authorized_keys"
+    chown "$user:$user" "$home/.ssh/authorized_keys"
+    chmod 0600 "$home/.ssh/authorized_keys"
+done
 printf '%s\n' "$CHPASSWD" | chpasswd
 printf '%s' "$SUDOERS" > /etc/sudoers.d/spindle-testbed
 chmod 0440 /etc/sudoers.d/spindle-testbed
@@ -1109,8 +1122,12 @@ fn provision(
     let sudoers = format!(
         "# Written by `cargo xtask testbed up`.\n\
          Defaults lecture=never\n\
+         Defaults logfile=/var/log/sudo.log\n\
          {LOGIN_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n\
-         alice ALL=(ALL:ALL) ALL\n"
+         alice ALL=(ALL:ALL) ALL\n\
+         carol ALL=(root) NOPASSWD: {BOOTSTRAP_RULE}\n\
+         dave ALL=(root) NOPASSWD: {}\n",
+        BOOTSTRAP_RULE.replace("readline", "readlines")
     );
     let hosts_file = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}",
@@ -1674,6 +1691,45 @@ fn link_is_up(host: &Host) -> bool {
         .ok()
         .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
         .is_some_and(|f| f & 1 != 0) // IFF_UP
+}
+
+/// CPU time (user + system, ms) used so far by the processes of host
+/// `name`, counting exited processes through their reapers (a module's
+/// process is reaped by its shell or interpreter, a finished SSH session by
+/// the host's sshd): the difference over a benchmark is the CPU the target
+/// spent on it.
+pub fn cpu_ms(name: &str) -> Result<f64> {
+    let host = lookup(name)?;
+    let sshd = host
+        .sshd_pid()
+        .ok_or_else(|| anyhow!("{name}: sshd is not running"))?;
+    let ns = std::fs::read_link(format!("/proc/{sshd}/ns/mnt"))?;
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() != Some(ns.clone()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command (which may hold spaces) in parentheses:
+        // utime, stime, cutime, cstime are the 14th to 17th of the line.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields
+            .get(11..15)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    // Linux reports these in USER_HZ, 100 on every architecture here.
+    Ok(ticks as f64 * 10.0)
 }
 
 fn lookup(name: &str) -> Result<Host> {

@@ -1,0 +1,130 @@
+//! Running Spindle's playbook suites (`tests/ansible/<area>/*.yml`) with
+//! stock Ansible and with Spindle on the testbed.
+
+use crate::Testbed;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `playbook` with `connection` (and a strategy, if given); returns
+/// the PLAY RECAP lines.
+pub fn play(
+    tb: &Testbed,
+    playbook: &str,
+    connection: &str,
+    strategy: Option<&str>,
+) -> Result<Vec<String>> {
+    play_with(tb, playbook, connection, strategy, &crate::spindle_bin())
+}
+
+pub fn play_with(
+    tb: &Testbed,
+    playbook: &str,
+    connection: &str,
+    strategy: Option<&str>,
+    spindle_bin: &Path,
+) -> Result<Vec<String>> {
+    let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/ansible-venv"));
+    // Unique per run: the tests of this file run in parallel.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fetch_dir = std::env::temp_dir().join(format!("spindle-fetch-{}-{n}", std::process::id()));
+    let mut cmd = Command::new(venv.join("bin/ansible-playbook"));
+    if let Some(strategy) = strategy {
+        cmd.env("ANSIBLE_STRATEGY", strategy);
+    }
+    let out = cmd
+        .arg("-i")
+        .arg(&tb.inventory)
+        .args([
+            "-c",
+            connection,
+            "-e",
+            &format!("conn={connection}{}", strategy.unwrap_or("")),
+        ])
+        .arg("-e")
+        .arg(format!("fetch_dir={}", fetch_dir.display()))
+        // A fresh work directory on the targets too, so what an earlier
+        // (perhaps failed) run left behind cannot change this run's recap.
+        .arg("-e")
+        .arg(format!(
+            "work=/tmp/spindle-suite-{}-{n}",
+            std::process::id()
+        ))
+        .arg(root().join("tests/ansible").join(playbook))
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            root().join("ansible-plugin/connection_plugins"),
+        )
+        .env(
+            "ANSIBLE_STRATEGY_PLUGINS",
+            root().join("ansible-plugin/strategy_plugins"),
+        )
+        .env("SPINDLE_BIN", spindle_bin)
+        .env("ANSIBLE_LIBRARY", library()?)
+        .env("ANSIBLE_NOCOLOR", "1")
+        // No ControlPersist master outliving the run: other suites count
+        // the processes on these hosts.
+        .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
+        .output()
+        .context("running ansible-playbook")?;
+    let _ = std::fs::remove_dir_all(&fetch_dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{playbook} failed with -c {connection}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let recap: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("PLAY RECAP"))
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    anyhow::ensure!(!recap.is_empty(), "no recap in:\n{text}");
+    Ok(recap)
+}
+
+/// Module directories for the suites: the checked-in ones plus a binary
+/// module compiled here (a binary has no place in the source tree).
+fn library() -> Result<String> {
+    static ONCE: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| build_library().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_library() -> Result<String> {
+    let dir = root().join("target/test-library");
+    std::fs::create_dir_all(&dir)?;
+    let status = Command::new("cc")
+        .args(["-O2", "-static", "-o"])
+        .arg(dir.join("style_binary"))
+        .arg(root().join("tests/ansible/modules/style_binary.c"))
+        .status()
+        .context("compiling the binary test module")?;
+    anyhow::ensure!(status.success(), "cc failed");
+    Ok(format!(
+        "{}:{}",
+        root().join("tests/ansible/modules/library").display(),
+        dir.display()
+    ))
+}
+
+/// Runs `playbook` with `-c ssh` and with `-c spindle`: both must pass and
+/// give the same recap.
+pub fn same_under_stock_and_spindle(playbook: &str) -> Result<()> {
+    let tb = Testbed::load()?;
+    let stock = play(&tb, playbook, "ssh", None)?;
+    let spindle = play(&tb, playbook, "spindle", None)?;
+    assert_eq!(spindle, stock, "{playbook}: recaps differ");
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Become through child agents, measured from the target's own logs. A
+//! binary of its own: no other suite runs against the host meanwhile.
+
+use anyhow::Result;
+use spindle_tests::playbook::play;
+use spindle_tests::Testbed;
+
+/// 30 tasks alternating become on and off: under Spindle one SSH login and
+/// one sudo for the whole run (the stock run needs one of each per task).
+#[test]
+fn alternating_become_logs_in_and_sudoes_once() -> Result<()> {
+    let tb = Testbed::load()?;
+    let th = tb.host("sp2")?;
+    let _lock = th.lock()?;
+    let counts = || -> Result<(usize, usize)> { Ok((th.auth_count()?, th.sudo_count()?)) };
+    let before = counts()?;
+    let stock = play(&tb, "become/alternating.yml", "ssh", None)?;
+    let middle = counts()?;
+    let spindle = play(&tb, "become/alternating.yml", "spindle", None)?;
+    let after = counts()?;
+    assert_eq!(spindle, stock, "recaps differ");
+    assert!(
+        middle.1 - before.1 >= 15,
+        "stock ran sudo {} times",
+        middle.1 - before.1
+    );
+    assert_eq!(
+        (after.0 - middle.0, after.1 - middle.1),
+        (1, 1),
+        "(SSH logins, sudo runs) under Spindle"
+    );
+    Ok(())
+}
+
+/// An account whose sudoers allows nothing but Spindle's bootstrap command
+/// line (the rule README.md documents) becomes root; one whose rule is a
+/// character off gets a failure that names the exact command to allow.
+#[test]
+fn restricted_sudoers_rule_allows_only_the_bootstrap() -> Result<()> {
+    let tb = Testbed::load()?;
+    let _lock = tb.host("sp2")?.lock()?;
+    let ok = play_as(&tb, "carol")?;
+    assert!(ok.status.success(), "carol:\n{}", text(&ok));
+    assert!(text(&ok).contains("rc=0 >>\nroot"), "carol:\n{}", text(&ok));
+    let log = std::fs::read_to_string(tb.host("sp2")?.root_path("/var/log/sudo.log"))?;
+    assert!(log.contains(" : carol : "), "no sudo by carol in:\n{log}");
+
+    let off = play_as(&tb, "dave")?;
+    let out = text(&off);
+    assert!(!off.status.success(), "dave:\n{out}");
+    assert!(
+        out.contains("a sudoers rule must name exactly this command: /usr/bin/python3 -c import sys;exec(sys.stdin.buffer.readline())"),
+        "dave:\n{out}"
+    );
+    Ok(())
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `ansible -m command -a 'id -un' --become` on sp2 as `user`, through
+/// Spindle (a stock run cannot pass such a rule: it runs a shell).
+fn play_as(tb: &Testbed, user: &str) -> Result<std::process::Output> {
+    use spindle_tests::playbook::root;
+    let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target/ansible-venv"));
+    Ok(std::process::Command::new(venv.join("bin/ansible"))
+        .args(["-i"])
+        .arg(&tb.inventory)
+        .args(["sp2", "-c", "spindle", "--become"])
+        // Extra vars: the inventory's ansible_user would beat `-u`.
+        .args(["-e", &format!("ansible_user={user}")])
+        .args(["-m", "command", "-a", "id -un"])
+        .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            root().join("ansible-plugin/connection_plugins"),
+        )
+        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()?)
+}
