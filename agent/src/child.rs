@@ -81,6 +81,12 @@ pub fn route(child: u32, frame: Vec<u8>) {
     }
 }
 
+/// Ends child `child`: its stdin closes, it exits, and its reader reports
+/// it gone.
+pub fn end(child: u32) {
+    children().remove(&child);
+}
+
 /// Ends every child (their stdin closes).
 pub fn stop_all() {
     children().clear();

@@ -1,7 +1,7 @@
 //! The hello: who and where the agent is, and which Pythons the host has.
 
 use crate::sys;
-use spindle_protocol::{Hello, VERSION};
+use spindle_protocol::{Hello, Probe, VERSION};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,7 @@ pub fn hello() -> Hello {
     let env = |k| std::env::var(k).unwrap_or_default();
     let (user, home, shell) =
         passwd_entry(uid).unwrap_or_else(|| (env("USER"), env("HOME"), env("SHELL")));
+    let (pythons, probes) = find_pythons();
     Hello {
         version: VERSION,
         build_id: BUILD_ID.to_owned(),
@@ -40,8 +41,9 @@ pub fn hello() -> Hello {
         gid: sys::gid(),
         user,
         home,
-        pythons: find_pythons(),
+        pythons,
         shell,
+        probes,
     }
 }
 
@@ -57,9 +59,12 @@ fn passwd_entry(uid: u32) -> Option<(String, String, String)> {
     })
 }
 
-fn find_pythons() -> Vec<String> {
+/// The Pythons found, best first and without repeats, and what each name
+/// looked up resolved to (as `command -v` would print it).
+fn find_pythons() -> (Vec<String>, Vec<Probe>) {
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let mut found: Vec<String> = Vec::new();
+    let mut probes = Vec::new();
     for name in PYTHONS {
         let hit = if name.contains('/') {
             Some(PathBuf::from(name)).filter(|p| is_executable(p))
@@ -69,14 +74,18 @@ fn find_pythons() -> Vec<String> {
                 .map(|d| Path::new(d).join(name))
                 .find(|p| is_executable(p))
         };
-        if let Some(p) = hit {
-            let p = p.to_string_lossy().into_owned();
-            if !found.contains(&p) {
-                found.push(p);
+        let hit = hit.map(|p| p.to_string_lossy().into_owned());
+        if let Some(p) = &hit {
+            if !found.contains(p) {
+                found.push(p.clone());
             }
         }
+        probes.push(Probe {
+            name: (*name).to_owned(),
+            path: hit,
+        });
     }
-    found
+    (found, probes)
 }
 
 fn is_executable(p: &Path) -> bool {

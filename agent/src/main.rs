@@ -143,6 +143,7 @@ fn handle(msg: ToAgent) {
             }
         }
         ToAgent::Route { child, frame } => child::route(child, frame.into_inner()),
+        ToAgent::EndChild { child } => child::end(child),
         ToAgent::Cancel { id } => {
             if let Some(e) = registry().get_mut(&id) {
                 e.control.cancel();

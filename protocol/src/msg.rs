@@ -31,6 +31,9 @@ pub enum ToAgent {
     /// One whole frame (length prefix included) for child agent `child`
     /// (see [`Become`]), passed on unread.
     Route { child: u32, frame: Blob },
+    /// End child agent `child` (its stdin closes); a
+    /// [`FromAgent::ChildGone`] follows.
+    EndChild { child: u32 },
 }
 
 /// Everything an agent sends to the controller.
@@ -100,6 +103,20 @@ pub struct Hello {
     /// unknown.
     #[serde(default)]
     pub shell: String,
+    /// Every interpreter name the agent looked up, with what `command -v`
+    /// would print for it: answers Ansible's interpreter discovery without
+    /// another round trip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<Probe>,
+}
+
+/// One interpreter lookup: a name as Ansible's discovery lists it, and the
+/// path it resolves to on the account's `PATH` (absolute names: themselves,
+/// if executable), or `None`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub name: String,
+    pub path: Option<String>,
 }
 
 /// Every request the agent understands. Each variant's payload type

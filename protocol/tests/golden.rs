@@ -341,6 +341,7 @@ fn golden_encodings() {
             home: "/home/deploy".into(),
             pythons: vec!["/usr/bin/python3".into(), "/usr/bin/python3.11".into()],
             shell: "/bin/bash".into(),
+            probes: vec![],
         }),
     );
     g.upstream(
@@ -356,6 +357,36 @@ fn golden_encodings() {
             home: "/root".into(),
             pythons: vec![],
             shell: String::new(),
+            probes: vec![],
+        }),
+    );
+    g.upstream(
+        "hello_with_probes",
+        FromAgent::Hello(Hello {
+            version: VERSION,
+            build_id: "0123456789abcdef".into(),
+            arch: "x86_64".into(),
+            pid: 4244,
+            uid: 1000,
+            gid: 1000,
+            user: "deploy".into(),
+            home: "/home/deploy".into(),
+            pythons: vec!["/usr/bin/python3.11".into(), "/usr/bin/python3".into()],
+            shell: "/bin/bash".into(),
+            probes: vec![
+                Probe {
+                    name: "python3.12".into(),
+                    path: None,
+                },
+                Probe {
+                    name: "python3.11".into(),
+                    path: Some("/usr/bin/python3.11".into()),
+                },
+                Probe {
+                    name: "python3".into(),
+                    path: Some("/usr/bin/python3".into()),
+                },
+            ],
         }),
     );
 
@@ -518,6 +549,7 @@ fn golden_encodings() {
                 home: "/root".into(),
                 pythons: vec!["/usr/bin/python3".into()],
                 shell: "/bin/bash".into(),
+                probes: vec![],
             }),
         }),
     );
@@ -528,6 +560,7 @@ fn golden_encodings() {
             frame: Blob(vec![0, 0, 0, 1, 0xc0]),
         },
     );
+    g.downstream("end_child", ToAgent::EndChild { child: 1 });
     g.upstream(
         "routed",
         FromAgent::Routed {
