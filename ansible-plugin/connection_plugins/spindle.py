@@ -6,6 +6,7 @@
 # It reads the same settings as Ansible's ssh plugin (its options are the
 # ssh plugin's), so inventories work unchanged: ansible_connection=spindle.
 import os
+import re
 import shlex
 import sys
 
@@ -23,6 +24,11 @@ DOCUMENTATION = _ssh.DOCUMENTATION.replace("name: ssh", "name: spindle", 1)
 # account and run (a child agent under that account). Others keep Ansible's
 # own handling: their wrapped command runs like any other.
 _SERVED_BECOME = ("sudo", "ansible.builtin.sudo")
+
+# Ansible's interpreter discovery command (ansible-core 2.19 and later):
+# `echo FOUND; command -v 'NAME'; ...; echo ENDFOUND`.
+_DISCOVERY = re.compile(r"echo FOUND; ((?:command -v '[^']*'; )*)echo ENDFOUND")
+_DISCOVERY_NAME = re.compile(r"command -v '([^']*)'")
 
 # ssh options that would make our ssh a long-lived multiplexing master; the
 # controller already keeps exactly one connection per host for the run.
@@ -72,8 +78,6 @@ class Connection(ConnectionBase):
                 args.extend(shlex.split(value))
         if not self.get_option("host_key_checking"):
             args.extend(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-        if self.get_option("password"):
-            raise AnsibleError("spindle: password authentication is not supported yet; use keys or an ssh agent")
         port = self.get_option("port")
         key = self.get_option("private_key_file")
         return {
@@ -84,6 +88,9 @@ class Connection(ConnectionBase):
             "ssh_args": _without_mux(args),
             "ssh_executable": self.get_option("ssh_executable"),
             "timeout": int(self.get_option("timeout")),
+            # Handed to ssh through SSH_ASKPASS by the controller, as the
+            # ssh plugin's default password mechanism does.
+            "password": self.get_option("password") or None,
         }
 
     def _connect(self):
@@ -143,8 +150,35 @@ class Connection(ConnectionBase):
             return "%s -c %s" % (words[0], shlex.quote(inner)), account
         return cmd, None
 
+    def _discovery(self, cmd):
+        """The output of Ansible's interpreter discovery command, from what
+        the agent looked up at start (no round trip); None if `cmd` is not
+        that command or names an interpreter the agent did not look up."""
+        try:
+            words = shlex.split(cmd)
+        except ValueError:
+            return None
+        if len(words) != 3 or words[1] != "-c":
+            return None
+        for inner in (words[2], words[2].rsplit(" && sleep 0", 1)[0]):
+            match = _DISCOVERY.fullmatch(inner)
+            if match:
+                break
+        else:
+            return None
+        names = _DISCOVERY_NAME.findall(match.group(1))
+        probes = dict(tuple(p) for p in self._call({"op": "hello"})["probes"])
+        if not names or any(n not in probes for n in names):
+            return None
+        found = "".join(probes[n] + "\n" for n in names if probes[n])
+        return ("FOUND\n%sENDFOUND\n" % found).encode()
+
     def exec_command(self, cmd, in_data=None, sudoable=True):
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        if in_data is None and "ENDFOUND" in cmd:
+            out = self._discovery(cmd)
+            if out is not None:
+                return 0, out, b""
         cmd, account = self._unwrap_become(cmd)
         module = _pipelined_module(cmd, in_data) if in_data else None
         if module is not None:

@@ -45,7 +45,13 @@ pub struct Controller {
     hosts: Mutex<HashMap<Target, Arc<Host>>>,
     /// Time allowed for connecting and bootstrapping.
     pub connect_timeout: Duration,
+    /// Child agents (become accounts) kept per host; the least recently
+    /// used idle one makes room for a new one.
+    pub max_accounts: usize,
 }
+
+/// Default for [`Controller::max_accounts`].
+pub const MAX_ACCOUNTS: usize = 8;
 
 impl Controller {
     pub fn new(agents: AgentStore) -> Self {
@@ -53,6 +59,7 @@ impl Controller {
             agents: Arc::new(agents),
             hosts: Mutex::default(),
             connect_timeout: Duration::from_secs(30),
+            max_accounts: MAX_ACCOUNTS,
         }
     }
 
@@ -67,6 +74,7 @@ impl Controller {
                     agents: self.agents.clone(),
                     link: tokio::sync::Mutex::new(None),
                     accounts: tokio::sync::Mutex::default(),
+                    max_accounts: self.max_accounts,
                     connect_timeout: self.connect_timeout,
                 })
             })
@@ -80,8 +88,10 @@ pub struct Host {
     target: Target,
     agents: Arc<AgentStore>,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
-    /// Child agents under other accounts, by how they were reached.
-    accounts: tokio::sync::Mutex<HashMap<AccountKey, Arc<Link>>>,
+    /// Child agents under other accounts, by how they were reached, with
+    /// when each was last handed out.
+    accounts: tokio::sync::Mutex<HashMap<AccountKey, (Arc<Link>, std::time::Instant)>>,
+    max_accounts: usize,
     connect_timeout: Duration,
 }
 
@@ -221,10 +231,24 @@ impl Host {
         });
         let key = (b.exe.clone(), b.flags.clone(), b.user.clone(), digest);
         let mut accounts = self.accounts.lock().await;
-        if let Some(link) = accounts.get(&key).filter(|l| !l.is_dead()) {
+        accounts.retain(|_, (l, _)| !l.is_dead());
+        if let Some((link, used)) = accounts.get_mut(&key) {
+            *used = std::time::Instant::now();
             return Ok(link.clone());
         }
-        accounts.remove(&key);
+        // Make room: end the least recently used child nobody is using. If
+        // every one is busy, go over the limit rather than wait.
+        while accounts.len() >= self.max_accounts.max(1) {
+            let idle = accounts
+                .iter()
+                .filter(|(_, (l, _))| !l.is_busy() && Arc::strong_count(l) == 1)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            let Some(k) = idle else { break };
+            if let Some((old, _)) = accounts.remove(&k) {
+                old.end_child().await;
+            }
+        }
         let parent = self.link().await?;
         // The child's bootstrap runs under sudo, where a sudoers rule may
         // name its command line: prefer the stable /usr/bin/python3.
@@ -261,7 +285,7 @@ impl Host {
             other => other?,
         };
         let link = Arc::new(Link::child(&parent, child.child, *child.hello));
-        accounts.insert(key, link.clone());
+        accounts.insert(key, (link.clone(), std::time::Instant::now()));
         Ok(link)
     }
 

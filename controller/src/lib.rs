@@ -6,6 +6,7 @@
 //! operations; [`Link`] is one live agent connection underneath.
 
 pub mod agents;
+pub mod askpass;
 mod error;
 mod host;
 mod link;

@@ -145,8 +145,9 @@ pub struct Link {
     /// Module bundles (by hash) this agent has been sent.
     codes: Mutex<std::collections::HashSet<String>>,
     _child: Option<Child>,
-    /// For a child agent: the link it travels on, kept alive with it.
-    _parent: Option<Arc<Link>>,
+    /// For a child agent: the link it travels on (kept alive with it) and
+    /// the number the parent agent knows it by.
+    parent: Option<(Arc<Link>, u32)>,
 }
 
 impl std::fmt::Debug for Link {
@@ -173,7 +174,25 @@ impl Link {
         async {
             let argv = transport.argv(dest, &spindle_bootstrap::command_line(python));
             tracing::debug!(?argv, "starting transport");
-            let mut child = tokio::process::Command::new(&argv[0])
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            // Kept until the handshake is over: ssh asks during login only.
+            let _askpass = match transport {
+                Transport::Ssh(o) => match &o.password {
+                    Some(pw) => {
+                        let server = crate::askpass::Server::start(&pw.0).map_err(|e| {
+                            Error::unreachable(&host, format!("serving the password to ssh: {e}"))
+                        })?;
+                        let me = std::env::current_exe().map_err(|e| {
+                            Error::unreachable(&host, format!("finding the spindle binary: {e}"))
+                        })?;
+                        cmd.envs(server.env(&me));
+                        Some(server)
+                    }
+                    None => None,
+                },
+                Transport::Local => None,
+            };
+            let mut child = cmd
                 .args(&argv[1..])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -254,7 +273,7 @@ impl Link {
             hello,
             codes: Mutex::default(),
             _child: child,
-            _parent: None,
+            parent: None,
         }
     }
 
@@ -309,7 +328,7 @@ impl Link {
             hello,
             codes: Mutex::default(),
             _child: None,
-            _parent: Some(parent.clone()),
+            parent: Some((parent.clone(), child)),
         }
     }
 
@@ -344,6 +363,24 @@ impl Link {
     pub fn close(&self) {
         self.shared.die("disconnected".into());
         self.shared.close.notify_one();
+    }
+
+    /// True while requests are in flight.
+    pub fn is_busy(&self) -> bool {
+        !self.shared.table().waiters.is_empty()
+    }
+
+    /// Ends a child agent (see [`Link::child`]): requests still in flight
+    /// fail, and the parent agent closes the child's stdin. No-op for a
+    /// link of its own.
+    pub async fn end_child(&self) {
+        if let Some((parent, child)) = &self.parent {
+            self.shared.die("child agent ended".into());
+            let _ = parent
+                .shared
+                .send(&ToAgent::EndChild { child: *child })
+                .await;
+        }
     }
 
     /// True once the agent or its transport is gone.
@@ -810,6 +847,7 @@ mod tests {
             home: "/root".into(),
             pythons: vec![],
             shell: "/bin/sh".into(),
+            probes: vec![],
         }
     }
 

@@ -102,6 +102,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: u32,
     },
+    /// Answer ssh's password prompt for a connection the controller makes
+    /// (ssh runs this as its SSH_ASKPASS program).
+    #[command(hide = true)]
+    Askpass {
+        #[arg(default_value = "")]
+        prompt: String,
+    },
     /// Serve the Ansible plugin on a UNIX socket until `--parent-pid` exits.
     #[command(hide = true)]
     Serve {
@@ -127,7 +134,19 @@ fn parse_octal(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // ssh runs its SSH_ASKPASS program with the prompt as the only
+    // argument; the controller sets that up with the socket in the
+    // environment (see `spindle_controller::askpass`).
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 2 && std::env::var_os(spindle_controller::askpass::SOCKET_VAR).is_some() {
+        let code = spindle_controller::askpass::client(&args[1]);
+        return std::process::ExitCode::from(code as u8);
+    }
     let cli = Cli::parse();
+    if let Command::Askpass { prompt } = &cli.command {
+        let code = spindle_controller::askpass::client(prompt);
+        return std::process::ExitCode::from(code as u8);
+    }
     init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -178,9 +197,17 @@ async fn run(cli: Cli) -> Result<u8> {
         extra_args: ssh.ssh_arg.clone(),
         connect_timeout: timeout,
         dead_after: Some(timeout),
+        password: None,
     });
     let mut controller = Controller::new(agents);
     controller.connect_timeout = timeout;
+    // Child agents (become accounts) kept per host.
+    if let Some(n) = std::env::var("SPINDLE_MAX_ACCOUNTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        controller.max_accounts = n;
+    }
     let host = |spec: &str| -> Result<Arc<Host>> {
         let dest: Destination = spec.parse().map_err(anyhow::Error::msg)?;
         Ok(controller.host(Target {
@@ -268,6 +295,7 @@ async fn run(cli: Cli) -> Result<u8> {
             report_transfer(r.size, t0);
             Ok(0)
         }
+        Command::Askpass { .. } => unreachable!("answered before the runtime starts"),
         Command::Serve { socket, parent_pid } => {
             spindle_controller::serve::serve(&socket, parent_pid, controller).await?;
             Ok(0)

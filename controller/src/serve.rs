@@ -16,7 +16,7 @@
 //!    connection (and so every agent) with it.
 
 use crate::host::{BecomeSpec, Controller, Module, Target};
-use crate::transport::{Destination, SshOptions, Transport};
+use crate::transport::{Destination, Password, SshOptions, Transport};
 use crate::{Error, Host};
 use base64::Engine;
 use serde::Deserialize;
@@ -32,7 +32,7 @@ use tokio::net::{UnixListener, UnixStream};
 const MAX_REQUEST: usize = 64 << 20;
 
 /// How the plugin describes a target: the ssh settings Ansible resolved.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct TargetSpec {
     host: String,
     #[serde(default)]
@@ -49,6 +49,9 @@ struct TargetSpec {
     /// Seconds for connecting (Ansible's `timeout`).
     #[serde(default)]
     timeout: Option<u64>,
+    /// Login password (`ansible_password`), answered to ssh by askpass.
+    #[serde(default)]
+    password: Option<String>,
 }
 
 impl TargetSpec {
@@ -60,6 +63,7 @@ impl TargetSpec {
                 identity: self.identity.clone(),
                 extra_args: self.ssh_args.clone(),
                 connect_timeout: timeout,
+                password: self.password.clone().map(Password),
                 ..SshOptions::default()
             }),
             dest: Destination {
@@ -276,6 +280,14 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             host.fetch_file(field(&req, "src")?, Path::new(field(&req, "dst")?))
                 .await?;
             Ok(json!({}))
+        }
+        "hello" => {
+            // Who the agent is and which interpreters it found: answers
+            // interpreter discovery without running anything.
+            let link = host.link_as(account).await?;
+            let h = link.hello();
+            let probes: Vec<Value> = h.probes.iter().map(|p| json!([p.name, p.path])).collect();
+            Ok(json!({"user": h.user, "pythons": h.pythons, "probes": probes}))
         }
         "reset" => {
             host.disconnect().await;

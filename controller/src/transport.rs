@@ -94,6 +94,21 @@ pub struct SshOptions {
     /// dead: ssh's `ServerAliveInterval` is a third of it, with
     /// `ServerAliveCountMax=3`. `None` leaves both to the user's config.
     pub dead_after: Option<Duration>,
+    /// A login password. ssh asks for it through `SSH_ASKPASS`, which
+    /// fetches it from the controller (see `crate::askpass`): it is never on
+    /// a command line or in an environment.
+    pub password: Option<Password>,
+}
+
+/// A password: compared and hashed like a string (it is part of what
+/// identifies a connection), never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Password(pub String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<hidden>)")
+    }
 }
 
 impl Default for SshOptions {
@@ -106,6 +121,7 @@ impl Default for SshOptions {
             extra_args: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             dead_after: Some(Duration::from_secs(30)),
+            password: None,
         }
     }
 }
@@ -162,7 +178,12 @@ fn ssh_argv(o: &SshOptions, dest: &Destination, remote_command: &str) -> Vec<Str
             v.push("-oServerAliveCountMax=3".into());
         }
     }
-    if !user_sets("BatchMode") {
+    if o.password.is_some() {
+        // The one prompt askpass answers; a wrong password fails at once.
+        if !user_sets("NumberOfPasswordPrompts") {
+            v.push("-oNumberOfPasswordPrompts=1".into());
+        }
+    } else if !user_sets("BatchMode") {
         // Nobody can answer a prompt on this channel.
         v.push("-oBatchMode=yes".into());
     }
