@@ -86,3 +86,17 @@ fn play_as(tb: &Testbed, user: &str) -> Result<std::process::Output> {
         .env("ANSIBLE_NOCOLOR", "1")
         .output()?)
 }
+
+/// 25 accounts in one loop with at most 4 child agents kept: every task
+/// runs as its account, and the host never holds more agents than that.
+#[test]
+fn child_agents_are_recycled_beyond_the_limit() -> Result<()> {
+    let tb = Testbed::load()?;
+    let _lock = tb.host("sp2")?.lock()?;
+    // The run's controller inherits the limit from the environment.
+    std::env::set_var("SPINDLE_MAX_ACCOUNTS", "4");
+    let stock = play(&tb, "become/many_users.yml", "ssh", None)?;
+    let spindle = play(&tb, "become/many_users.yml", "spindle", None)?;
+    assert_eq!(spindle, stock, "recaps differ");
+    Ok(())
+}

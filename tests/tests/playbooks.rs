@@ -75,6 +75,16 @@ fn become_sudo_password() -> Result<()> {
 }
 
 #[test]
+fn password_login() -> Result<()> {
+    same_under_stock_and_spindle("connection/password.yml")
+}
+
+#[test]
+fn interpreter_discovery() -> Result<()> {
+    same_under_stock_and_spindle("connection/discovery.yml")
+}
+
+#[test]
 fn module_styles() -> Result<()> {
     same_under_stock_and_spindle("modules/styles.yml")
 }
