@@ -207,6 +207,8 @@ impl Link {
             // Both were configured as pipes just above.
             let mut stdin = child.stdin.take().expect("piped stdin");
             let mut stdout = child.stdout.take().expect("piped stdout");
+            grow_pipe(&stdin);
+            grow_pipe(&stdout);
             let handshake = handshake(&mut stdin, &mut stdout, python, agents);
             let outcome = tokio::time::timeout(timeout, handshake).await;
             let (hello, rest) = match outcome {
@@ -629,6 +631,14 @@ async fn handshake(
 }
 
 /// Appends what is available to `buf`; end of stream is an error here.
+/// Asks for a pipe buffer of a few frames between us and ssh: fewer
+/// wake-ups of both for bulk transfers. Best effort (the system may cap it).
+fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
+    use std::os::fd::AsRawFd;
+    let fd = pipe.as_fd().as_raw_fd();
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+}
+
 async fn read_more(r: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> std::io::Result<()> {
     let mut chunk = [0u8; 8192];
     let n = r.read(&mut chunk).await?;
