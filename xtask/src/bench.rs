@@ -473,22 +473,45 @@ fn ansible(args: &Args) -> Result<()> {
         std::fs::write(dir.join(file), text)?;
     }
     let mut table = String::new();
-    writeln!(table, "| RTT | playbook | Spindle | stock ssh + pipelining | ratio | bytes Spindle | bytes stock |")?;
-    writeln!(table, "|---|---|---|---|---|---|---|")?;
+    writeln!(
+        table,
+        "| RTT | playbook | Spindle | stock ssh + pipelining | ratio | controller CPU Spindle / stock | target CPU Spindle / stock | bytes Spindle / stock |"
+    )?;
+    writeln!(table, "|---|---|---|---|---|---|---|---|")?;
+    let controller_group = PathBuf::from("/sys/fs/cgroup/cpuacct/spindle-bench-controller");
+    std::fs::create_dir_all(&controller_group)
+        .with_context(|| format!("creating {}", controller_group.display()))?;
+    let controller_cpu = || -> Result<f64> {
+        let ns: f64 = std::fs::read_to_string(controller_group.join("cpuacct.usage"))?
+            .trim()
+            .parse()?;
+        Ok(ns / 1e6)
+    };
     for &rtt in &args.rtt_ms {
         testbed::run(testbed::Command::Up {
             hosts: 4,
             rtt_ms: rtt,
         })?;
         for (name, file, _) in &playbooks {
-            let run = |conn: &str| -> Result<(f64, u64)> {
-                let mut times = Vec::new();
-                let mut bytes = Vec::new();
+            let run = |conn: &str| -> Result<Measured> {
+                let mut runs = Vec::new();
                 for _ in 0..args.runs.max(1) {
-                    let before = link_bytes("spv1")?;
-                    let t = time(|| {
+                    let before = (
+                        link_bytes("spv1")?,
+                        controller_cpu()?,
+                        testbed::cpu_ms(HOST)?,
+                    );
+                    // The run and everything it starts (workers, ssh, the
+                    // Spindle controller) in one accounting group.
+                    let script = format!(
+                        "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                        controller_group.display()
+                    );
+                    let wall = time(|| {
                         quiet(
-                            Command::new(root.join("target/ansible-venv/bin/ansible-playbook"))
+                            Command::new("sh")
+                                .args(["-c", &script, "sh"])
+                                .arg(root.join("target/ansible-venv/bin/ansible-playbook"))
                                 .args(["-i", &format!("{STATE_DIR}/inventory.ini"), "-c", conn])
                                 .arg(dir.join(file))
                                 .env("ANSIBLE_PIPELINING", "True")
@@ -500,26 +523,61 @@ fn ansible(args: &Args) -> Result<()> {
                                 .env("SPINDLE_BIN", &spindle),
                         )
                     })?;
-                    times.push(Ok(t));
-                    bytes.push(link_bytes("spv1")? - before);
+                    settle();
+                    runs.push(Measured {
+                        wall,
+                        bytes: (link_bytes("spv1")? - before.0) as f64,
+                        controller_cpu: controller_cpu()? - before.1,
+                        target_cpu: testbed::cpu_ms(HOST)? - before.2,
+                    });
                 }
-                bytes.sort();
-                Ok((median(times.into_iter())?, bytes[bytes.len() / 2]))
+                Ok(Measured::median(&runs))
             };
-            let (ours, ours_bytes) = run("spindle")?;
-            let (stock, stock_bytes) = run("ssh")?;
+            let ours = run("spindle")?;
+            let stock = run("ssh")?;
             writeln!(
                 table,
-                "| {rtt} ms | {name} | {:.2} s | {:.2} s | {:.2}x | {:.2} MB | {:.2} MB |",
-                ours / 1e3,
-                stock / 1e3,
-                stock / ours,
-                ours_bytes as f64 / 1e6,
-                stock_bytes as f64 / 1e6
+                "| {rtt} ms | {name} | {:.2} s | {:.2} s | {:.2}x | {:.1} / {:.1} s | {:.1} / {:.1} s | {:.2} / {:.2} MB |",
+                ours.wall / 1e3,
+                stock.wall / 1e3,
+                stock.wall / ours.wall,
+                ours.controller_cpu / 1e3,
+                stock.controller_cpu / 1e3,
+                ours.target_cpu / 1e3,
+                stock.target_cpu / 1e3,
+                ours.bytes / 1e6,
+                stock.bytes / 1e6
             )?;
         }
     }
     report(args, &table)
+}
+
+/// One playbook run: wall time (ms), bytes on the link, controller and
+/// target CPU (ms).
+#[derive(Clone, Copy)]
+struct Measured {
+    wall: f64,
+    bytes: f64,
+    controller_cpu: f64,
+    target_cpu: f64,
+}
+
+impl Measured {
+    /// Each figure's own median over `runs`.
+    fn median(runs: &[Measured]) -> Measured {
+        let m = |f: fn(&Measured) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Measured {
+            wall: m(|r| r.wall),
+            bytes: m(|r| r.bytes),
+            controller_cpu: m(|r| r.controller_cpu),
+            target_cpu: m(|r| r.target_cpu),
+        }
+    }
 }
 
 /// Bytes through a veth (both directions) so far.

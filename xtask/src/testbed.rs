@@ -1693,43 +1693,28 @@ fn link_is_up(host: &Host) -> bool {
         .is_some_and(|f| f & 1 != 0) // IFF_UP
 }
 
-/// CPU time (user + system, ms) used so far by the processes of host
-/// `name`, counting exited processes through their reapers (a module's
-/// process is reaped by its shell or interpreter, a finished SSH session by
-/// the host's sshd): the difference over a benchmark is the CPU the target
-/// spent on it.
+/// CPU time (ms) used so far by everything host `name` ran since its sshd
+/// was first measured: sshd is put in a cpuacct control group of its own,
+/// which every process it starts inherits, however it ends (orphans
+/// included). The difference over a benchmark is what the target spent.
 pub fn cpu_ms(name: &str) -> Result<f64> {
     let host = lookup(name)?;
     let sshd = host
         .sshd_pid()
         .ok_or_else(|| anyhow!("{name}: sshd is not running"))?;
-    let ns = std::fs::read_link(format!("/proc/{sshd}/ns/mnt"))?;
-    let mut ticks = 0u64;
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() != Some(ns.clone()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command (which may hold spaces) in parentheses:
-        // utime, stime, cutime, cstime are the 14th to 17th of the line.
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += fields
-            .get(11..15)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|f| f.parse::<u64>().ok())
-            .sum::<u64>();
+    let group = PathBuf::from(format!("/sys/fs/cgroup/cpuacct/spindle-{name}"));
+    fs::create_dir_all(&group)
+        .with_context(|| format!("creating {} (cgroup v1 cpuacct)", group.display()))?;
+    let procs = fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+    if !procs.lines().any(|l| l.trim() == sshd.to_string()) {
+        fs::write(group.join("cgroup.procs"), sshd.to_string())
+            .with_context(|| format!("moving sshd into {}", group.display()))?;
     }
-    // Linux reports these in USER_HZ, 100 on every architecture here.
-    Ok(ticks as f64 * 10.0)
+    let ns: f64 = fs::read_to_string(group.join("cpuacct.usage"))?
+        .trim()
+        .parse()
+        .context("reading cpuacct.usage")?;
+    Ok(ns / 1e6)
 }
 
 fn lookup(name: &str) -> Result<Host> {
