@@ -158,18 +158,21 @@ async fn modules_match_stock_runs() -> Result<()> {
     let tb = Testbed::load()?;
     let th = tb.host("sp2")?;
     let _lock = th.lock()?;
-    th.ssh(&tb, "rm -rf /tmp/spindle-record-lines ~/.ansible")?;
+    th.ssh(
+        &tb,
+        "rm -rf /tmp/spindle-record-lines /tmp/spindle-record-copy ~/.ansible",
+    )?;
     let records = record(&tb, "sp2")?;
     assert!(
-        records.len() >= 12,
+        records.len() >= 14,
         "recorded only {} payloads",
         records.len()
     );
     let host = tb.connect("sp2")?;
-    // Restore the state the stock run started from (lineinfile's file and
-    // the remote_tmp a module creates on first use).
+    // Restore the state the stock run started from (lineinfile's and
+    // copy's files, and the remote_tmp a module creates on first use).
     host.exec(spindle_controller::protocol::Exec::shell(
-        "rm -rf /tmp/spindle-record-lines ~/.ansible",
+        "rm -rf /tmp/spindle-record-lines /tmp/spindle-record-copy ~/.ansible",
     ))
     .await?;
     for r in &records {
