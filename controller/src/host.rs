@@ -547,7 +547,9 @@ impl Host {
             while let Some((_, data)) = pending.next().await {
                 if tx.send(data.into_inner()).await.is_err() {
                     // The writer failed; its error is reported below.
-                    break;
+                    // Dropping the request cancels it on the agent (which
+                    // would otherwise wait for credit forever).
+                    return Err(Error::Local("the local copy could not be written".into()));
                 }
             }
             drop(tx);

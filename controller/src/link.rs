@@ -148,6 +148,8 @@ pub struct Link {
     /// For a child agent: the link it travels on (kept alive with it) and
     /// the number the parent agent knows it by.
     parent: Option<(Arc<Link>, u32)>,
+    /// Set once a command ran through this link (see [`Link::note_command`]).
+    commands: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Link {
@@ -276,6 +278,7 @@ impl Link {
             codes: Mutex::default(),
             _child: child,
             parent: None,
+            commands: Default::default(),
         }
     }
 
@@ -331,6 +334,7 @@ impl Link {
             codes: Mutex::default(),
             _child: None,
             parent: Some((parent.clone(), child)),
+            commands: Default::default(),
         }
     }
 
@@ -365,6 +369,16 @@ impl Link {
     pub fn close(&self) {
         self.shared.die("disconnected".into());
         self.shared.close.notify_one();
+    }
+
+    /// Records that a command ran on this agent's host: what the hello
+    /// says about installed interpreters may no longer hold.
+    pub fn note_command(&self) {
+        self.commands.store(true, Ordering::Relaxed);
+    }
+
+    pub fn ran_commands(&self) -> bool {
+        self.commands.load(Ordering::Relaxed)
     }
 
     /// True while requests are in flight.
@@ -826,12 +840,14 @@ fn route(shared: &Shared, msg: FromAgent) -> std::result::Result<(), String> {
                 if let Err(reason) = outcome {
                     shared.forget_child(child);
                     c.die(reason);
+                    c.close.notify_one();
                 }
             }
         }
         FromAgent::ChildGone { child, reason } => {
             if let Some(c) = shared.forget_child(child) {
                 c.die(reason);
+                c.close.notify_one();
             }
         }
         FromAgent::Hello(_) => return Err("agent sent a second hello".into()),

@@ -208,29 +208,43 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
     let host: Arc<Host> = controller.host(spec.target());
     let account = become_spec(&req["become"])?;
     let account = account.as_ref();
+    // The account's link, held for the whole request so that a child agent
+    // in use is never the one ended to make room for another.
+    let mut _held = None;
     if account.is_some() {
-        // An account switch that sudo refuses looks as in a stock run: the
-        // command "ran" with sudo's complaint on stderr and status 1.
         match host.link_as(account).await {
+            Ok(link) => _held = Some(link),
+            // An account switch that sudo refuses looks as in a stock run:
+            // the command "ran" with sudo's complaint on stderr, status 1.
             Err(Error::Remote(e))
                 if e.kind == spindle_protocol::ErrorKind::PermissionDenied
                     && !PASSWORD_ERRORS.iter().any(|p| e.message.starts_with(p)) =>
             {
                 return Ok(json!({"rc": 1, "stdout": "", "stderr": b64(e.message.as_bytes())}));
             }
+            // No prompt in time: the host counts as unreachable, as with
+            // the ssh plugin.
+            Err(Error::Remote(e)) if e.kind == spindle_protocol::ErrorKind::TimedOut => {
+                return Err(Error::unreachable(&spec.host, e.message));
+            }
             Err(Error::Remote(e)) if e.kind != spindle_protocol::ErrorKind::Io => {
                 return Ok(json!({"error": e.message, "plain": true}));
             }
-            other => drop(other?),
+            Err(e) => return Err(e),
         }
     }
     match field(&req, "op")? {
         "exec" => {
-            // As sshd (or sudo) runs a command: with the account's shell.
-            let link = host.link_as(account).await?;
-            let shell = match link.hello().shell.as_str() {
-                "" => "/bin/sh",
-                s => s,
+            // As sshd runs a command: with the login shell; as another
+            // account, with /bin/sh, as sudo runs Ansible's become command
+            // (that account's shell may well be nologin).
+            let login = host.link().await?;
+            // It may install or remove interpreters: discovery must look
+            // again (see "hello").
+            login.note_command();
+            let shell = match (account, login.hello().shell.as_str()) {
+                (Some(_), _) | (None, "") => "/bin/sh",
+                (None, s) => s,
             };
             let mut exec = Exec::argv([shell, "-c", field(&req, "cmd")?]);
             if !req["stdin"].is_null() {
@@ -286,7 +300,14 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             // interpreter discovery without running anything.
             let link = host.link_as(account).await?;
             let h = link.hello();
-            let probes: Vec<Value> = h.probes.iter().map(|p| json!([p.name, p.path])).collect();
+            // Looked up when the agent started: stale once a command may
+            // have changed what is installed; the plugin then runs
+            // Ansible's discovery command itself.
+            let probes: Vec<Value> = if link.ran_commands() {
+                Vec::new()
+            } else {
+                h.probes.iter().map(|p| json!([p.name, p.path])).collect()
+            };
             Ok(json!({"user": h.user, "pythons": h.pythons, "probes": probes}))
         }
         "reset" => {

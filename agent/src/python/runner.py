@@ -21,7 +21,7 @@ import array, errno, json, os, re, select, signal, shutil, socket, sys
 SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 MAX_PACKET = 1 << 20
 codes = {}  # hash -> (zip path readable by us and our children, memfd)
-children = {}  # pid -> (request id, task temp dir or None, keep it)
+children = {}  # pid -> (request id, task temp dir or None)
 warmed = False
 TMP = {}  # remote_tmp -> this interpreter's private temp dir under it
 TMPDIR_NULL = re.compile(r'"_ansible_tmpdir"\s*:\s*null')
@@ -194,10 +194,10 @@ def reap():
             return
         if pid == 0:
             return
-        rid, tmp, keep = children.pop(pid, (None, None, False))
+        rid, tmp = children.pop(pid, (None, None))
         if rid is None:
             continue
-        if tmp and not keep:
+        if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         if os.WIFSIGNALED(status):
             send({"op": "exit", "id": rid, "code": None, "signal": os.WTERMSIG(status)})
@@ -229,26 +229,28 @@ def private_tmp(remote_tmp):
 
 def task_tmp(req):
     # Where the module's own temporary files go, as `_ansible_tmpdir`: a
-    # fresh directory per task, removed once the task is reaped (unless
-    # Ansible asked to keep remote files). Made here, before the fork, so
-    # the module finds it; a module that never asks for it costs a mkdir.
+    # fresh directory per task, removed once the task is reaped. Made here,
+    # before the fork, so the module finds it; a module that never asks for
+    # it costs a mkdir.
     params = req["params"]
-    if not TMPDIR_NULL.search(params):
-        return None, False
+    if not TMPDIR_NULL.search(params) or KEEP.search(params):
+        # Kept remote files outlive the interpreter: the module makes its
+        # own directory then, as in a stock run.
+        return None
     found = REMOTE_TMP.search(params)
     remote_tmp = json.loads(found.group(1)) if found else None
     base = private_tmp(remote_tmp)
     if base is None:
-        return None, False
+        return None
     path = os.path.join(base, "task-%d" % req["id"])
     try:
         os.mkdir(path, 0o700)
     except OSError:
         # Removed under us: made afresh for the next task.
         TMP.pop(remote_tmp, None)
-        return None, False
+        return None
     req["params"] = TMPDIR_NULL.sub(lambda _: '"_ansible_tmpdir": ' + json.dumps(path), params, 1)
-    return path, bool(KEEP.search(params))
+    return path
 
 
 RESOLV_CONF = "/etc/resolv.conf"
@@ -298,7 +300,7 @@ def handle(req, fds):
             send({"op": "error", "id": req["id"], "message": "code %s not loaded" % req["hash"]})
             return
         refresh_resolver()
-        tmp, keep = task_tmp(req)
+        tmp = task_tmp(req)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -306,7 +308,7 @@ def handle(req, fds):
             run_child(req, path, fds)
         for fd in fds:
             os.close(fd)
-        children[pid] = (req["id"], tmp, keep)
+        children[pid] = (req["id"], tmp)
         send({"op": "started", "id": req["id"], "pid": pid})
 
 
