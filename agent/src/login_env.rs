@@ -60,12 +60,11 @@ pub fn capture(home: &str, shell: &str) {
     let login: Vars = std::env::vars().collect();
     let files: Vec<String> = files
         .into_iter()
-        .enumerate()
-        .filter(|(i, f)| {
-            let defined = read_one(f, *i == 2, &login, &Vars::new(), home, shell);
+        .filter(|f| {
+            let mut defined = Vars::new();
+            read_into(&mut defined, f, &login, home, shell);
             defined.is_empty() || defined.iter().any(|(k, v)| login.get(k) == Some(v))
         })
-        .map(|(_, f)| f)
         .collect();
     let stamps = stamps(&files);
     let at_login = read_all(&files, &login, home, shell);
@@ -110,32 +109,22 @@ fn stamps(files: &[String]) -> Vec<Stamp> {
 fn read_all(files: &[String], login: &Vars, home: &str, shell: &str) -> Vars {
     let mut vars = Vars::new();
     for f in files {
-        let user_file = f.ends_with("/.pam_environment");
-        let more = read_one(f, user_file, login, &vars, home, shell);
-        vars.extend(more);
+        read_into(&mut vars, f, login, home, shell);
     }
     vars
 }
 
-/// The variables one file defines. The user's file has pam_env.conf's
-/// syntax; the others are plain KEY=VALUE lists.
-fn read_one(
-    file: &str,
-    user_file: bool,
-    login: &Vars,
-    so_far: &Vars,
-    home: &str,
-    shell: &str,
-) -> Vars {
-    let mut vars = Vars::new();
+/// Adds what `file` defines to `vars`. The user's file has pam_env.conf's
+/// syntax (its values may refer to what is defined so far); the others are
+/// plain KEY=VALUE lists.
+fn read_into(vars: &mut Vars, file: &str, login: &Vars, home: &str, shell: &str) {
     let Ok(text) = std::fs::read_to_string(file) else {
-        return vars;
+        return;
     };
+    let user_file = file.ends_with("/.pam_environment");
     for line in text.lines() {
-        let mut seen = so_far.clone();
-        seen.extend(vars.clone());
         let parsed = if user_file {
-            parse_conf_line(line, login, &seen, home, shell)
+            parse_conf_line(line, login, vars, home, shell)
         } else {
             parse_env_line(line)
         };
@@ -143,7 +132,6 @@ fn read_one(
             vars.insert(k, v);
         }
     }
-    vars
 }
 
 /// Applies pam_env's rules (see the module documentation).

@@ -6,6 +6,14 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The Python environment with ansible-core: `$SPINDLE_ANSIBLE_VENV`, or
+/// the one `cargo xtask test` installs.
+pub fn venv() -> PathBuf {
+    std::env::var_os("SPINDLE_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/ansible-venv"))
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -28,9 +36,7 @@ pub fn play_with(
     strategy: Option<&str>,
     spindle_bin: &Path,
 ) -> Result<Vec<String>> {
-    let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/ansible-venv"));
+    let venv = venv();
     // Unique per run: the tests of this file run in parallel.
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -66,11 +66,8 @@ fn text(out: &std::process::Output) -> String {
 /// `ansible -m command -a 'id -un' --become` on sp2 as `user`, through
 /// Spindle (a stock run cannot pass such a rule: it runs a shell).
 fn play_as(tb: &Testbed, user: &str) -> Result<std::process::Output> {
-    use spindle_tests::playbook::root;
-    let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root().join("target/ansible-venv"));
-    Ok(std::process::Command::new(venv.join("bin/ansible"))
+    use spindle_tests::playbook::{root, venv};
+    Ok(std::process::Command::new(venv().join("bin/ansible"))
         .args(["-i"])
         .arg(&tb.inventory)
         .args(["sp2", "-c", "spindle", "--become"])

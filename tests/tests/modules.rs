@@ -10,18 +10,9 @@ use base64::Engine;
 use serde_json::Value;
 use spindle_controller::protocol::ModuleEntry;
 use spindle_controller::{Host, Module};
+use spindle_tests::playbook::{root, venv};
 use spindle_tests::Testbed;
 use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn venv() -> PathBuf {
-    std::env::var_os("SPINDLE_ANSIBLE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/ansible-venv"))
-}
 
 struct Record {
     payload: PathBuf,

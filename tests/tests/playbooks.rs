@@ -4,9 +4,8 @@
 //! same recap.
 
 use anyhow::Result;
-use spindle_tests::playbook::{play, play_with, root, same_under_stock_and_spindle};
+use spindle_tests::playbook::{play, play_with, root, same_under_stock_and_spindle, venv};
 use spindle_tests::Testbed;
-use std::path::PathBuf;
 use std::process::Command;
 
 #[test]
@@ -94,9 +93,7 @@ fn module_styles() -> Result<()> {
 #[test]
 fn killed_controller_makes_the_host_unreachable() -> Result<()> {
     let tb = Testbed::load()?;
-    let venv = std::env::var_os("SPINDLE_ANSIBLE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/ansible-venv"));
+    let venv = venv();
     let started = std::time::Instant::now();
     let run = Command::new(venv.join("bin/ansible-playbook"))
         .arg("-i")
