@@ -218,6 +218,10 @@ fn run(
         Request::RemoveTempDir(t) => files::remove_temp_dir(t).map(Reply::Removed),
         Request::RunModule(m) => python::run(id, m, control).map(Reply::Exec),
         Request::Become(b) => child::start(b, control).map(Reply::Child),
+        Request::Configure(c) => {
+            out::set_log_level(c.log_level);
+            Ok(Reply::Pong(Default::default()))
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 use spindle_protocol::{frame, FromAgent, LogLevel};
 use std::fs::File;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
@@ -131,8 +132,25 @@ pub fn out() -> &'static Out {
     OUT.get().expect("out::start runs before any request")
 }
 
-/// Sends a log record to the controller.
+/// The most detailed level sent (a [`LogLevel`] as its rank).
+static LOG_LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+/// Sets the most detailed level of log records sent from now on.
+pub fn set_log_level(level: LogLevel) {
+    LOG_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Whether records at `level` are sent; callers check it before building
+/// a costly message.
+pub fn logs(level: LogLevel) -> bool {
+    level as u8 <= LOG_LEVEL.load(Ordering::Relaxed)
+}
+
+/// Sends a log record to the controller, if its level is sent.
 pub fn log(level: LogLevel, message: impl Into<String>) {
+    if !logs(level) {
+        return;
+    }
     if let Some(out) = OUT.get() {
         out.send(FromAgent::Log {
             level,

@@ -51,7 +51,7 @@ fn code_store() -> MutexGuard<'static, HashMap<String, Arc<File>>> {
 #[derive(Debug)]
 enum Event {
     Started(u32),
-    Exit(Option<i32>, Option<i32>),
+    Exit(Exit),
     Failed(String),
 }
 
@@ -68,6 +68,21 @@ struct Message {
     signal: Option<i32>,
     #[serde(default)]
     message: String,
+    /// For "exit": the task's process from fork to reaping, and the CPU
+    /// time it used.
+    #[serde(default)]
+    wall_us: u64,
+    #[serde(default)]
+    cpu_us: u64,
+}
+
+/// How a task's process ended.
+#[derive(Debug)]
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    wall_us: u64,
+    cpu_us: u64,
 }
 
 struct Zygote {
@@ -257,7 +272,12 @@ impl Zygote {
     fn deliver(&self, m: Message) {
         let event = match m.op.as_str() {
             "started" => Event::Started(m.pid),
-            "exit" => Event::Exit(m.code, m.signal),
+            "exit" => Event::Exit(Exit {
+                code: m.code,
+                signal: m.signal,
+                wall_us: m.wall_us,
+                cpu_us: m.cpu_us,
+            }),
             "error" => Event::Failed(m.message),
             "tmpdir" => {
                 lock(&self.tmpdirs).push(m.message);
@@ -341,6 +361,7 @@ fn code(req: &mut RunModule) -> Result<Arc<File>, WireError> {
 }
 
 pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecResult, WireError> {
+    let t0 = Instant::now();
     let bundle = code(&mut req)?;
     let zygote = lease(&req.python)?;
     let z = &zygote.0;
@@ -431,12 +452,31 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         (output, watchdog.join().unwrap_or(Watch::Finished), status)
     });
     exec::running().remove(&pid);
+    let status = status.map(|exit| {
+        if out::logs(LogLevel::Debug) {
+            // What the agent and the interpreter add to the module's own run
+            // (whole microseconds: float formatting would grow the agent).
+            let total = t0.elapsed().as_micros() as u64;
+            out::log(
+                LogLevel::Debug,
+                format!(
+                    "module {}: {total} us in the agent, {} us in the task's process \
+                     ({} us CPU), overhead {} us",
+                    req.fqn,
+                    exit.wall_us,
+                    exit.cpu_us,
+                    total.saturating_sub(exit.wall_us)
+                ),
+            );
+        }
+        (exit.code, exit.signal)
+    });
     exec::result(output, watch, status)
 }
 
-fn wait_exit(rx: &Receiver<Event>) -> Result<(Option<i32>, Option<i32>), WireError> {
+fn wait_exit(rx: &Receiver<Event>) -> Result<Exit, WireError> {
     match rx.recv() {
-        Ok(Event::Exit(code, signal)) => Ok((code, signal)),
+        Ok(Event::Exit(exit)) => Ok(exit),
         Ok(Event::Failed(why)) => Err(WireError::new(ErrorKind::Io, why)),
         _ => Err(WireError::new(ErrorKind::Io, "interpreter stopped")),
     }

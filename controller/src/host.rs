@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use crate::link::{Link, Pending};
 use crate::transport::{Destination, Transport};
 use spindle_protocol::{
-    Become, Code, ErrorKind, Exec, ExecResult, Fetch, FetchResult, MakeTempDir, ModuleEntry, Ping,
-    Put, PutResult, RemoveTempDir, RunModule, Stat, StatResult, StreamKind, CHUNK, INLINE_MAX,
+    Become, Code, Configure, ErrorKind, Exec, ExecResult, Fetch, FetchResult, LogLevel,
+    MakeTempDir, ModuleEntry, Ping, Put, PutResult, RemoveTempDir, RunModule, Stat, StatResult,
+    StreamKind, CHUNK, INLINE_MAX,
 };
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -214,6 +215,7 @@ impl Host {
             )
             .await?,
         );
+        configure(&link).await?;
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -285,6 +287,7 @@ impl Host {
             other => other?,
         };
         let link = Arc::new(Link::child(&parent, child.child, *child.hello));
+        configure(&link).await?;
         accounts.insert(key, (link.clone(), std::time::Instant::now()));
         Ok(link)
     }
@@ -607,4 +610,18 @@ fn read_chunks(mut file: std::fs::File, size: u64, tx: mpsc::Sender<std::io::Res
         }
         left -= CHUNK.min(left as usize) as u64;
     }
+}
+
+/// Asks a new agent for the log records this process shows: an agent
+/// sends debug records (per-task timings, say) only when asked to.
+async fn configure(link: &Link) -> Result<()> {
+    if tracing::enabled!(target: "spindle::agent", tracing::Level::DEBUG) {
+        let level = if tracing::enabled!(target: "spindle::agent", tracing::Level::TRACE) {
+            LogLevel::Trace
+        } else {
+            LogLevel::Debug
+        };
+        link.call(Configure { log_level: level }).await?;
+    }
+    Ok(())
 }

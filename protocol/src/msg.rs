@@ -132,6 +132,7 @@ pub enum Request {
     RemoveTempDir(RemoveTempDir),
     RunModule(RunModule),
     Become(Become),
+    Configure(Configure),
 }
 
 /// Every reply, one variant per request type.
@@ -185,6 +186,7 @@ pair! {
     RemoveTempDir => Removed(Removed);
     RunModule => Exec(ExecResult);
     Become => Child(Child);
+    Configure => Pong(Pong);
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +194,13 @@ pub struct Ping {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pong {}
+
+/// Settings for the rest of the agent's life. An agent starts logging at
+/// [`LogLevel::Info`]; records above `log_level` are not sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configure {
+    pub log_level: LogLevel,
+}
 
 /// Run a command. Output up to [`crate::CHUNK`] per stream comes back in the
 /// reply; more is streamed as [`FromAgent::Stream`] frames first, and the

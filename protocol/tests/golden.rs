@@ -164,6 +164,13 @@ fn golden_encodings() {
     // ToAgent::Call, one per Request variant (Option fields set and unset).
     g.call("call_ping", 1, Ping {});
     g.call(
+        "call_configure",
+        1,
+        Configure {
+            log_level: LogLevel::Debug,
+        },
+    );
+    g.call(
         "call_exec_argv_minimal",
         2,
         Exec {

@@ -6,6 +6,7 @@
 //! Tests that need the testbed fail with a clear message when it is not up
 //! (`cargo xtask testbed up`); `cargo xtask test` brings it up first.
 
+pub mod dns;
 pub mod playbook;
 
 use anyhow::{bail, Context, Result};

@@ -62,6 +62,50 @@ fn connection_environment() -> Result<()> {
     same_under_stock_and_spindle("connection/environment.yml")
 }
 
+/// Edits of /etc/resolv.conf reach the next task's resolver. Holds sp3's
+/// lock: the suite rewrites that host's /etc/resolv.conf (restored here).
+#[test]
+fn connection_resolver() -> Result<()> {
+    use std::net::Ipv4Addr;
+    let tb = Testbed::load()?;
+    let th = tb.host("sp3")?;
+    let _lock = th.lock()?;
+    let conf = th.root_path("/etc/resolv.conf");
+    let saved = std::fs::read(&conf)?;
+    let restore = scopeguard(|| {
+        let _ = std::fs::write(&conf, &saved);
+    });
+    let mut gateway: Ipv4Addr = th.addr.parse()?;
+    gateway = Ipv4Addr::from(u32::from(gateway) & !0xff | 1);
+    let names = [
+        ("probe.one.spindle.test", Ipv4Addr::new(10, 99, 0, 1)),
+        ("probe.two.spindle.test", Ipv4Addr::new(10, 99, 0, 2)),
+    ];
+    let _dns = spindle_tests::dns::Responder::start(
+        (gateway, 53).into(),
+        names
+            .into_iter()
+            .map(|(n, ip)| (n.to_owned(), ip))
+            .collect(),
+    )?;
+    let result = same_under_stock_and_spindle("connection/resolver.yml");
+    drop(restore);
+    result
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 #[test]
 fn become_sudo() -> Result<()> {
     same_under_stock_and_spindle("become/sudo.yml")

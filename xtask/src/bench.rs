@@ -9,7 +9,7 @@
 //! binary is driven as a user would; nothing is timed inside tests.
 
 use crate::{agents, release_build, testbed};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -310,6 +310,7 @@ fn modules(args: &Args) -> Result<()> {
         "| RTT | module | Spindle (warm) | stock pipelining | ratio | target CPU per task, Spindle | target CPU per task, stock |"
     )?;
     writeln!(table, "|---|---|---|---|---|---|---|")?;
+    let mut on_target = String::new();
     for &rtt in &args.rtt_ms {
         testbed::run(testbed::Command::Up {
             hosts: 4,
@@ -347,8 +348,27 @@ fn modules(args: &Args) -> Result<()> {
                 "| {rtt} ms | {name} | {ours:.1} ms | {stock:.1} ms | {:.2}x | {ours_cpu:.1} ms | {stock_cpu:.1} ms |",
                 stock / ours
             )?;
+            if rtt == args.rtt_ms[0] {
+                let t = b.target_timings(payload)?;
+                writeln!(
+                    on_target,
+                    "| {name} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+                    t[0], t[1], t[2], t[3]
+                )?;
+            }
         }
     }
+    writeln!(
+        table,
+        "\nOn the target, per warm task (medians of {} runs, from the agent's debug log):\n",
+        30
+    )?;
+    writeln!(
+        table,
+        "| module | in the agent (request to reply) | task's process (fork to exit) | its CPU | overhead (agent minus process) |"
+    )?;
+    writeln!(table, "|---|---|---|---|---|")?;
+    table.push_str(&on_target);
     report(args, &table)
 }
 
@@ -364,7 +384,7 @@ fn record_payloads(root: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
     std::fs::create_dir_all(&dir)?;
     let plays = root.join("tests/ansible/record");
     quiet(
-        Command::new(root.join("target/ansible-venv/bin/ansible-playbook"))
+        Command::new(crate::ANSIBLE.venv().join("bin/ansible-playbook"))
             .args([
                 "-i",
                 &format!("{STATE_DIR}/inventory.ini"),
@@ -393,18 +413,8 @@ impl Bench<'_> {
     /// Median per-run time reported by `spindle module --repeat`, after the
     /// first run (which starts the interpreter and sends the code).
     fn spindle_module(&self, payload: &Path) -> Result<f64> {
-        let out = Command::new(self.spindle)
-            .args(["-F", &self.cfg, "module", HOST])
-            .arg(payload)
-            .args(["--repeat", &(self.runs + 1).to_string()])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "spindle module failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let times = String::from_utf8_lossy(&out.stderr)
+        let log = self.repeat_module(payload, false)?;
+        let times = log
             .lines()
             .filter_map(|l| l.split(" took ").nth(1))
             .filter_map(|t| t.trim_end_matches(" ms").parse::<f64>().ok())
@@ -412,6 +422,57 @@ impl Bench<'_> {
             .map(Ok)
             .collect::<Vec<_>>();
         median(times.into_iter())
+    }
+
+    /// Medians, in ms, of what the agent logs per warm task at debug level:
+    /// its time from request to reply, the task process's life (fork to
+    /// reaping), that process's CPU, and the difference (the overhead).
+    fn target_timings(&self, payload: &Path) -> Result<[f64; 4]> {
+        let log = self.repeat_module(payload, true)?;
+        let mut columns: [Vec<f64>; 4] = Default::default();
+        let records = log
+            .lines()
+            .filter(|l| l.contains(" us in the agent, "))
+            .skip(1); // the first run starts the interpreter
+        for line in records {
+            let (_, figures) = line
+                .rsplit_once("module ")
+                .and_then(|(_, r)| r.split_once(": "))
+                .with_context(|| format!("unexpected timing record: {line}"))?;
+            let numbers: Vec<f64> = figures
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|n| !n.is_empty())
+                .map(|n| n.parse::<f64>().map(|us| us / 1e3))
+                .collect::<Result<_, _>>()?;
+            ensure!(numbers.len() == 4, "unexpected timing record: {line}");
+            for (column, n) in columns.iter_mut().zip(numbers) {
+                column.push(n);
+            }
+        }
+        ensure!(
+            columns[0].len() == self.runs,
+            "expected {} timing records from the agent, found {}",
+            self.runs,
+            columns[0].len()
+        );
+        let mut medians = [0.0; 4];
+        for (m, column) in medians.iter_mut().zip(columns) {
+            *m = median(column.into_iter().map(Ok))?;
+        }
+        Ok(medians)
+    }
+
+    /// `spindle module --repeat` (runs + 1 times); returns its stderr.
+    fn repeat_module(&self, payload: &Path, verbose: bool) -> Result<String> {
+        let out = Command::new(self.spindle)
+            .args(verbose.then_some("-v"))
+            .args(["-F", &self.cfg, "module", HOST])
+            .arg(payload)
+            .args(["--repeat", &(self.runs + 1).to_string()])
+            .output()?;
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(out.status.success(), "spindle module failed: {log}");
+        Ok(log)
     }
 
     /// Median wall time of stock Ansible's pipelined module command.
@@ -511,7 +572,7 @@ fn ansible(args: &Args) -> Result<()> {
                         quiet(
                             Command::new("sh")
                                 .args(["-c", &script, "sh"])
-                                .arg(root.join("target/ansible-venv/bin/ansible-playbook"))
+                                .arg(crate::ANSIBLE.venv().join("bin/ansible-playbook"))
                                 .args(["-i", &format!("{STATE_DIR}/inventory.ini"), "-c", conn])
                                 .arg(dir.join(file))
                                 .env("ANSIBLE_PIPELINING", "True")

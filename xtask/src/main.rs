@@ -54,9 +54,15 @@ fn main() -> Result<()> {
 
 /// Runs `cargo` with `args` in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+/// Runs `cargo` with `args` and extra environment variables.
+fn cargo_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let status = std::process::Command::new(env!("CARGO"))
         .current_dir(agents::workspace_root())
         .args(args)
+        .envs(env.iter().copied())
         .status()?;
     if !status.success() {
         anyhow::bail!("cargo {} failed", args.join(" "));
@@ -84,40 +90,128 @@ fn testbed_up() -> Result<()> {
     })
 }
 
-/// ansible-core for the module tests, in `target/ansible-venv`.
-const ANSIBLE_CORE: &str = "ansible-core>=2.19,<2.20";
-
-pub fn ansible_venv() -> Result<()> {
-    let venv = agents::workspace_root().join("target/ansible-venv");
-    if venv.join("bin/ansible-playbook").exists() {
-        return Ok(());
-    }
-    let run = |cmd: &mut std::process::Command| -> Result<()> {
-        let status = cmd.status()?;
-        anyhow::ensure!(status.success(), "{cmd:?} failed");
-        Ok(())
-    };
-    run(std::process::Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv))?;
-    run(std::process::Command::new(venv.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        ANSIBLE_CORE,
-    ]))
+/// An ansible-core release the tests run against, in its own venv.
+#[derive(Debug)]
+pub struct Ansible {
+    /// Under `target/`.
+    dir: &'static str,
+    /// The Python that runs it: a command on PATH or a pyenv version.
+    python: &'static str,
+    spec: &'static str,
 }
 
+/// The release every test and benchmark uses (Debian 12's Python 3.11).
+pub const ANSIBLE: Ansible = Ansible {
+    dir: "ansible-venv",
+    python: "python3",
+    spec: "ansible-core>=2.19,<2.20",
+};
+
+/// The newest release; it needs Python 3.12 or later on the controller.
+const ANSIBLE_NEWEST: Ansible = Ansible {
+    dir: "ansible-venv-2.21",
+    python: "3.12",
+    spec: "ansible-core>=2.21,<2.22",
+};
+
+impl Ansible {
+    pub fn venv(&self) -> std::path::PathBuf {
+        agents::workspace_root().join("target").join(self.dir)
+    }
+
+    /// The interpreter: `python` on PATH, else pyenv's newest `python.*`.
+    fn python(&self) -> Result<std::path::PathBuf> {
+        if !self.python.starts_with(|c: char| c.is_ascii_digit()) {
+            return Ok(self.python.into());
+        }
+        let on_path = format!("python{}", self.python);
+        if let Ok(path) = which(&on_path) {
+            return Ok(path);
+        }
+        let root = std::env::var_os("PYENV_ROOT")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pyenv")))
+            .unwrap_or_default();
+        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("versions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(self.python)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+            .map(|e| e.path().join("bin/python3"))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        found.pop().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} needs Python {}: neither {on_path} on PATH nor a pyenv version under {}",
+                self.spec,
+                self.python,
+                root.display()
+            )
+        })
+    }
+
+    /// Creates the venv with ansible-core unless it is there.
+    pub fn install(&self) -> Result<std::path::PathBuf> {
+        let venv = self.venv();
+        if venv.join("bin/ansible-playbook").exists() {
+            return Ok(venv);
+        }
+        let run = |cmd: &mut std::process::Command| -> Result<()> {
+            let status = cmd.status()?;
+            anyhow::ensure!(status.success(), "{cmd:?} failed");
+            Ok(())
+        };
+        run(std::process::Command::new(self.python()?)
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+        run(std::process::Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            self.spec,
+        ]))?;
+        Ok(venv)
+    }
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("{name} not on PATH"))
+}
+
+pub fn ansible_venv() -> Result<()> {
+    ANSIBLE.install().map(drop)
+}
+
+/// Every test with the default ansible-core, then the tests that drive
+/// Ansible again with the newest one.
 fn test(extra: &[String]) -> Result<()> {
     agents::build()?;
     testbed_up()?;
     ansible_venv()?;
+    let newest = ANSIBLE_NEWEST.install()?;
     // The end-to-end tests drive the `spindle` binary too.
     cargo(&["build", "--quiet", "--package", "spindle-controller"])?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    cargo(&args)?;
+
+    println!("\n== with {} ({})", ANSIBLE_NEWEST.spec, newest.display());
+    let mut args = vec!["test", "--package", "spindle-tests"];
+    for t in ["playbooks", "become", "modules"] {
+        args.extend(["--test", t]);
+    }
+    args.extend(extra.iter().map(String::as_str));
+    cargo_with(&args, &[("SPINDLE_ANSIBLE_VENV", newest.as_os_str())])
 }
 
 fn demo() -> Result<()> {

@@ -16,7 +16,7 @@
 # 4. Every task runs in its own forked child, so nothing a module does to its
 #    interpreter (patches, globals, environment, fds, atexit) reaches the next.
 # The zygote stays single-threaded so that forking it is safe.
-import array, errno, json, os, re, select, signal, shutil, socket, sys
+import array, errno, json, os, re, select, signal, shutil, socket, sys, time
 
 SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 MAX_PACKET = 1 << 20
@@ -184,25 +184,37 @@ def finish(code):
     os._exit(code)
 
 
+clock = getattr(time, "monotonic", time.time)
+
+
 def reap():
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except OSError as e:
             if e.errno == errno.EINTR:
                 continue
             return
         if pid == 0:
             return
-        rid, tmp = children.pop(pid, (None, None))
+        rid, tmp, forked = children.pop(pid, (None, None, None))
         if rid is None:
             continue
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+        msg = {
+            "op": "exit",
+            "id": rid,
+            "code": None,
+            "signal": None,
+            "wall_us": int((clock() - forked) * 1e6),
+            "cpu_us": int((usage.ru_utime + usage.ru_stime) * 1e6),
+        }
         if os.WIFSIGNALED(status):
-            send({"op": "exit", "id": rid, "code": None, "signal": os.WTERMSIG(status)})
+            msg["signal"] = os.WTERMSIG(status)
         else:
-            send({"op": "exit", "id": rid, "code": os.WEXITSTATUS(status), "signal": None})
+            msg["code"] = os.WEXITSTATUS(status)
+        send(msg)
 
 
 def private_tmp(remote_tmp):
@@ -303,12 +315,13 @@ def handle(req, fds):
         tmp = task_tmp(req)
         sys.stdout.flush()
         sys.stderr.flush()
+        forked = clock()
         pid = os.fork()
         if pid == 0:
             run_child(req, path, fds)
         for fd in fds:
             os.close(fd)
-        children[pid] = (req["id"], tmp)
+        children[pid] = (req["id"], tmp, forked)
         send({"op": "started", "id": req["id"], "pid": pid})
 
 
