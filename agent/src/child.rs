@@ -9,12 +9,18 @@
 //!    a password and the request carries one is there a second try, with
 //!    `-S` and a prompt of our own: the password is written when that prompt
 //!    appears on sudo's stderr; a second prompt means it was wrong.
-//! 3. Once started, a writer thread alone feeds the child's stdin (frames
+//! 3. su has no non-interactive mode, so its command first prints a marker
+//!    line: the bootstrap's stage lines are written only once the marker
+//!    shows that the account switch is done. Until then a prompt on su's
+//!    stderr (a line left open, ending in a colon, in whatever language) is
+//!    answered with the password; su reading our stage lines as a password
+//!    cannot happen.
+//! 4. Once started, a writer thread alone feeds the child's stdin (frames
 //!    the controller routed to it, passed on unread) and a reader thread
 //!    splits its stdout into frames and sends each up as
 //!    [`FromAgent::Routed`]. When the child's stdout ends, the controller
 //!    gets [`FromAgent::ChildGone`].
-//! 4. Dropping the writer's channel (the agent shutting down) closes the
+//! 5. Dropping the writer's channel (the agent shutting down) closes the
 //!    child's stdin, which ends it.
 
 use crate::ctl::{self, Control};
@@ -34,11 +40,16 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The error for a wrong password, in Ansible's words.
-pub const INCORRECT: &str = "Incorrect sudo password";
+fn incorrect(method: &str) -> WireError {
+    WireError::new(
+        ErrorKind::PermissionDenied,
+        format!("Incorrect {method} password"),
+    )
+}
 
 /// The error when sudo wants a password and none was given, in Ansible's
 /// words.
-pub const MISSING: &str = "Missing sudo password";
+const MISSING: &str = "Missing sudo password";
 
 /// Frames queued for one child before the dispatcher waits for it.
 const QUEUE: usize = 64;
@@ -105,12 +116,37 @@ impl From<WireError> for Failure {
     }
 }
 
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Error(io_error("typing the password", e))
+    }
+}
+
 pub fn start(mut req: Become, control: &Control) -> Result<Child, WireError> {
     if let Some(agent) = req.agent.take() {
         *agent_xz() = Some(Arc::new(agent.into_inner()));
     }
     let deadline = Instant::now() + Duration::from_millis(req.timeout_ms.max(1));
+    match req.method.as_str() {
+        "sudo" => sudo(&req, deadline, control),
+        "su" => su(&req, deadline, control),
+        other => Err(WireError::new(
+            ErrorKind::Unsupported,
+            format!("become method {other:?} is not one the agent drives (sudo, su)"),
+        )),
+    }
+}
+
+fn sudo(req: &Become, deadline: Instant, control: &Control) -> Result<Child, WireError> {
     let interactive = |f: &str| f == "-n" || f == "--non-interactive";
+    let command = |flags: &[String]| {
+        let mut cmd = Command::new(&req.exe);
+        cmd.args(flags)
+            .arg("-u")
+            .arg(&req.user)
+            .args(spindle_bootstrap::command_argv(req.python.as_deref()));
+        cmd
+    };
     // `-k`: never use credentials sudo cached for this agent, as a stock
     // run's fresh session has none.
     let mut quiet: Vec<String> = req.flags.clone();
@@ -118,15 +154,15 @@ pub fn start(mut req: Become, control: &Control) -> Result<Child, WireError> {
     if !quiet.iter().any(|f| interactive(f)) {
         quiet.push("-n".into());
     }
-    let first = attempt(&req, &quiet, None, deadline, control);
+    let first = attempt(req, command(&quiet), &Prompt::None, None, deadline, control);
     let need = match first {
         Ok(c) => return Ok(c),
         Err(Failure::Error(e)) => return Err(e),
         Err(Failure::NeedsPassword(why)) => why,
     };
-    let Some(password) = req.password.clone() else {
+    let Some(password) = req.password.as_ref() else {
         out::log(LogLevel::Debug, format!("sudo: {}", need.trim()));
-        let msg = format!("{MISSING}\n{}", hint(&req));
+        let msg = format!("{MISSING}\n{}", hint(req));
         return Err(WireError::new(ErrorKind::PermissionDenied, msg));
     };
     let mut asking: Vec<String> = req
@@ -135,13 +171,43 @@ pub fn start(mut req: Become, control: &Control) -> Result<Child, WireError> {
         .filter(|f| !interactive(f) && f.as_str() != "-S")
         .cloned()
         .collect();
-    asking.extend(["-k".into(), "-S".into(), "-p".into(), prompt()]);
-    match attempt(&req, &asking, Some(password.as_ref()), deadline, control) {
+    let prompt = prompt();
+    asking.extend(["-k".into(), "-S".into(), "-p".into(), prompt.clone()]);
+    let typed = Prompt::Exact(prompt, password.as_ref());
+    match attempt(req, command(&asking), &typed, None, deadline, control) {
         Ok(c) => Ok(c),
         Err(Failure::Error(e)) => Err(e),
         // Asked again although we answered: the password was not taken.
-        Err(Failure::NeedsPassword(_)) => {
-            Err(WireError::new(ErrorKind::PermissionDenied, INCORRECT))
+        Err(Failure::NeedsPassword(_)) => Err(incorrect("sudo")),
+    }
+}
+
+fn su(req: &Become, deadline: Instant, control: &Control) -> Result<Child, WireError> {
+    let marker = format!("spindle-su-{}-ready", std::process::id());
+    let bootstrap: Vec<String> = spindle_bootstrap::command_argv(req.python.as_deref())
+        .iter()
+        .map(|w| spindle_bootstrap::sh_quote(w))
+        .collect();
+    let mut cmd = Command::new(&req.exe);
+    cmd.args(&req.flags)
+        .arg(&req.user)
+        .arg("-c")
+        .arg(format!("echo {marker}; exec {}", bootstrap.join(" ")));
+    let default = ["Password".to_owned()];
+    let words = if req.prompts.is_empty() {
+        &default[..]
+    } else {
+        &req.prompts[..]
+    };
+    let typed = Prompt::Words(words, req.password.as_ref().map(|p| p.as_ref()));
+    match attempt(req, cmd, &typed, Some(&marker), deadline, control) {
+        Ok(c) => Ok(c),
+        Err(Failure::Error(e)) => Err(e),
+        // A prompt without a password to type, a second prompt, or su
+        // giving up after the password: all "incorrect" in a stock run.
+        Err(Failure::NeedsPassword(why)) => {
+            out::log(LogLevel::Debug, format!("su: {}", why.trim()));
+            Err(incorrect("su"))
         }
     }
 }
@@ -163,20 +229,67 @@ fn prompt() -> String {
     format!("[spindle sudo {}] password:", std::process::id())
 }
 
+/// What the account switch may ask, and the answer.
+enum Prompt<'a> {
+    /// Never a prompt: it fails instead (`sudo -n`).
+    None,
+    /// Our own prompt (`sudo -p`), answered with the password.
+    Exact(String, &'a [u8]),
+    /// su's prompt: a line left open that holds one of these words (the
+    /// localised "Password") and a colon, as Ansible's su plugin matches
+    /// it (ASCII case folding: Unicode's tables would grow the agent);
+    /// answered with the password if there is one.
+    Words(&'a [String], Option<&'a [u8]>),
+}
+
+impl Prompt<'_> {
+    /// `Some(answer)` when `text` (what came since the last answer) ends in
+    /// this prompt; the answer is `None` when there is no password to give.
+    fn seen(&self, text: &[u8]) -> Option<Option<&[u8]>> {
+        match self {
+            Prompt::None => None,
+            Prompt::Exact(prompt, pw) => {
+                let found = text.windows(prompt.len()).any(|w| w == prompt.as_bytes());
+                found.then_some(Some(*pw))
+            }
+            Prompt::Words(words, pw) => {
+                let line = text.rsplit(|&b| b == b'\n').next().unwrap_or_default();
+                let line = String::from_utf8_lossy(line).to_ascii_lowercase();
+                let found = words.iter().any(|w| {
+                    let w = w.to_ascii_lowercase();
+                    !w.is_empty()
+                        && line.match_indices(&w).any(|(i, _)| {
+                            let rest = line[i + w.len()..].trim_start();
+                            rest.starts_with(':') || rest.starts_with('\u{ff1a}')
+                        })
+                });
+                found.then_some(*pw)
+            }
+        }
+    }
+}
+
+/// What sudo and su say when they did not take a typed password (Ansible's
+/// `fail` strings, and sudo's last word before giving up).
+const REJECTED: [&str; 3] = [
+    "Authentication failure",
+    "Sorry, try again.",
+    "incorrect password attempt",
+];
+
+/// One run of the account switch `cmd` up to the child agent's hello.
+/// Stage lines go at once, with the typed password (`Prompt::Exact`), or,
+/// given a `marker`, once that line shows on stdout.
 fn attempt(
     req: &Become,
-    flags: &[String],
-    password: Option<&[u8]>,
+    mut cmd: Command,
+    prompt: &Prompt,
+    marker: Option<&str>,
     deadline: Instant,
     control: &Control,
 ) -> Result<Child, Failure> {
     let what = format!("becoming {} with {}", req.user, req.exe);
-    let mut cmd = Command::new(&req.exe);
-    cmd.args(flags)
-        .arg("-u")
-        .arg(&req.user)
-        .args(spindle_bootstrap::command_argv(req.python.as_deref()))
-        .stdin(Stdio::piped())
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut proc = cmd.spawn().map_err(|e| io_error(&what, e))?;
@@ -189,13 +302,12 @@ fn attempt(
     let mut stdout = File::from(std::os::fd::OwnedFd::from(stdout));
     let mut stderr = File::from(std::os::fd::OwnedFd::from(stderr));
     let preamble = spindle_bootstrap::stdin_preamble(req.python.as_deref());
-    let prompt = prompt();
     let fail = |proc: &mut std::process::Child, f: Failure| {
         let _ = proc.kill();
         let _ = proc.wait();
         Err(f)
     };
-    if password.is_none() {
+    if marker.is_none() && matches!(prompt, Prompt::None) {
         if let Err(e) = stdin.write_all(&preamble) {
             return fail(&mut proc, io_error(&what, e).into());
         }
@@ -203,7 +315,10 @@ fn attempt(
 
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let mut prompts_answered = 0;
+    // Where the output since the last answer starts, in `err` and `out`.
+    let (mut err_from, mut out_from) = (0, 0);
+    let mut answered = false;
+    let mut switched = marker.is_none();
     let mut boot: Option<BootLine> = None;
     let mut stdout_open = true;
     let mut stderr_open = true;
@@ -229,14 +344,18 @@ fn attempt(
             .map(|(_, f)| f.as_raw_fd())
             .collect();
         if fds.is_empty() {
-            // What sudo said is the error, as a stock run shows it.
+            // What the account switch said is the error, as a stock run
+            // shows it.
             proc.wait().map_err(|e| io_error(&what, e))?;
             let mut why = String::from_utf8_lossy(&err).into_owned();
             if why.contains("is not allowed to execute") {
                 why.push_str(&hint(req));
                 why.push('\n');
             }
-            let f = if needs_password(&err) {
+            // Given up after the password was typed: it was not taken.
+            let since = text(&err[err_from.min(err.len())..]);
+            let rejected = answered && !switched && REJECTED.iter().any(|r| since.contains(r));
+            let f = if rejected || needs_password(&err) {
                 Failure::NeedsPassword(why)
             } else {
                 Failure::Error(WireError::new(ErrorKind::PermissionDenied, why))
@@ -254,30 +373,24 @@ fn attempt(
                     continue;
                 }
                 err.extend_from_slice(&buf[..n]);
-                let seen = count(&err, prompt.as_bytes());
-                if seen > prompts_answered {
-                    let Some(pw) = password else { continue };
-                    if prompts_answered > 0 {
-                        let why = INCORRECT.to_owned();
-                        return fail(
-                            &mut proc,
-                            Failure::Error(WireError::new(ErrorKind::PermissionDenied, why)),
-                        );
-                    }
-                    prompts_answered = seen;
-                    let mut typed = pw.to_vec();
-                    typed.push(b'\n');
-                    typed.extend_from_slice(&preamble);
-                    if let Err(e) = stdin.write_all(&typed) {
-                        return fail(&mut proc, io_error(&what, e).into());
+                // After su's marker, its stderr is the child's.
+                if !switched || marker.is_none() {
+                    if let Some(answer) = prompt.seen(&err[err_from..]) {
+                        let typed = typed(answer, &mut answered, marker.is_none(), &preamble);
+                        match typed.and_then(|t| Ok(stdin.write_all(&t)?)) {
+                            Ok(()) => (err_from, out_from) = (err.len(), out.len()),
+                            Err(f) => return fail(&mut proc, f),
+                        }
                     }
                 }
-                if password.is_none() && needs_password(&err) {
+                if matches!(prompt, Prompt::None) && needs_password(&err) {
                     let why = String::from_utf8_lossy(&err).into_owned();
                     return fail(&mut proc, Failure::NeedsPassword(why));
                 }
                 if err.len() > STDERR_KEEP {
-                    err.drain(..err.len() - STDERR_KEEP);
+                    let cut = err.len() - STDERR_KEEP;
+                    err.drain(..cut);
+                    err_from = err_from.saturating_sub(cut);
                 }
             } else {
                 let n = stdout.read(&mut buf).unwrap_or(0);
@@ -286,7 +399,24 @@ fn attempt(
                     continue;
                 }
                 out.extend_from_slice(&buf[..n]);
-                if boot.is_none() {
+                if let (false, Some(m)) = (switched, marker) {
+                    // Some su builds prompt on stdout.
+                    if let Some(answer) = prompt.seen(&out[out_from..]) {
+                        let typed = typed(answer, &mut answered, false, &preamble);
+                        match typed.and_then(|t| Ok(stdin.write_all(&t)?)) {
+                            Ok(()) => (err_from, out_from) = (err.len(), out.len()),
+                            Err(f) => return fail(&mut proc, f),
+                        }
+                    }
+                    if let Some(end) = line_end(&out, m) {
+                        out.drain(..end);
+                        switched = true;
+                        if let Err(e) = stdin.write_all(&preamble) {
+                            return fail(&mut proc, io_error(&what, e).into());
+                        }
+                    }
+                }
+                if switched && boot.is_none() {
                     match take_boot_line(&mut out) {
                         Ok(Some(b)) => {
                             if let Err(e) = send_agent(&mut stdin, &b) {
@@ -329,6 +459,40 @@ fn attempt(
     }
 }
 
+/// What to type at a prompt: the password and a newline, then (`with_stage`)
+/// the stage lines. No password, or a second prompt, ends the attempt.
+fn typed(
+    answer: Option<&[u8]>,
+    answered: &mut bool,
+    with_stage: bool,
+    preamble: &[u8],
+) -> Result<Vec<u8>, Failure> {
+    let Some(pw) = answer.filter(|_| !*answered) else {
+        return Err(Failure::NeedsPassword("asked for a password".into()));
+    };
+    *answered = true;
+    let mut typed = pw.to_vec();
+    typed.push(b'\n');
+    if with_stage {
+        typed.extend_from_slice(preamble);
+    }
+    Ok(typed)
+}
+
+/// The end (past its newline) of the first line of `out` that is `line`.
+fn line_end(out: &[u8], line: &str) -> Option<usize> {
+    let mut start = 0;
+    for (i, &b) in out.iter().enumerate() {
+        if b == b'\n' {
+            if out[start..i].strip_suffix(b"\r").unwrap_or(&out[start..i]) == line.as_bytes() {
+                return Some(i + 1);
+            }
+            start = i + 1;
+        }
+    }
+    None
+}
+
 fn needs_password(err: &[u8]) -> bool {
     let t = text(err);
     t.contains("password is required") || t.contains("a terminal is required")
@@ -336,10 +500,6 @@ fn needs_password(err: &[u8]) -> bool {
 
 fn text(err: &[u8]) -> String {
     String::from_utf8_lossy(err).trim().to_owned()
-}
-
-fn count(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 /// The boot line, once a whole one is in `out` (noise before it dropped).
@@ -495,4 +655,48 @@ fn spawn(f: impl FnOnce() + Send + 'static) {
         .stack_size(64 << 10)
         .spawn(f)
         .expect("spawning a child agent thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn su_prompts_in_the_listed_languages_only() {
+        let words = [
+            "Password".to_owned(),
+            "Passwort".to_owned(),
+            "密码".to_owned(),
+        ];
+        let p = Prompt::Words(&words, Some(b"pw"));
+        for said in ["Password: ", "passwort:", "密码：", "motd\nPassword:"] {
+            assert_eq!(p.seen(said.as_bytes()), Some(Some(&b"pw"[..])), "{said:?}");
+        }
+        for said in [
+            "su: ",
+            "su: warning: cannot change directory to /home/x: ",
+            "su: Authentication failure\n",
+            "Password: \n",
+            "Mot de passe : ",
+            "",
+        ] {
+            assert_eq!(p.seen(said.as_bytes()), None, "{said:?}");
+        }
+        assert_eq!(Prompt::Words(&words, None).seen(b"Password: "), Some(None));
+    }
+
+    #[test]
+    fn sudo_prompt_is_ours_only() {
+        let p = Prompt::Exact("[spindle sudo 1] password:".into(), b"pw");
+        assert!(p.seen(b"Password: ").is_none());
+        assert!(p.seen(b"x\n[spindle sudo 1] password:").is_some());
+    }
+
+    #[test]
+    fn marker_must_be_a_whole_line() {
+        assert_eq!(line_end(b"motd\nready\nrest", "ready"), Some(11));
+        assert_eq!(line_end(b"ready\r\n", "ready"), Some(7));
+        assert_eq!(line_end(b"not ready\n", "ready"), None);
+        assert_eq!(line_end(b"ready", "ready"), None);
+    }
 }

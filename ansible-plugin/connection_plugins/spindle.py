@@ -23,7 +23,12 @@ DOCUMENTATION = _ssh.DOCUMENTATION.replace("name: ssh", "name: spindle", 1)
 # Become plugins whose account switch the agent does itself, once per
 # account and run (a child agent under that account). Others keep Ansible's
 # own handling: their wrapped command runs like any other.
-_SERVED_BECOME = ("sudo", "ansible.builtin.sudo")
+_SERVED_BECOME = {
+    "sudo": "sudo",
+    "ansible.builtin.sudo": "sudo",
+    "su": "su",
+    "ansible.builtin.su": "su",
+}
 
 # Ansible's interpreter discovery command (ansible-core 2.19 and later):
 # `echo FOUND; command -v 'NAME'; ...; echo ENDFOUND`.
@@ -129,8 +134,18 @@ class Connection(ConnectionBase):
         if last is None:
             return cmd, None
         wrapped, raw = last
+        method = _SERVED_BECOME[plugin.name]
+        exe = plugin.get_option("become_exe") or method
+        if len(shlex.split(exe)) != 1:
+            # A command line (`sudo su -`, say): Ansible's own wrapping runs it.
+            return cmd, None
+        prompts = []
+        if method == "su":
+            prompts = list(plugin.get_option("prompt_l10n") or plugin.SU_PROMPT_LOCALIZATIONS)
         account = {
-            "exe": plugin.get_option("become_exe") or "sudo",
+            "method": method,
+            "prompts": prompts,
+            "exe": exe,
             "flags": shlex.split(plugin.get_option("become_flags") or ""),
             "user": plugin.get_option("become_user") or "root",
             "password": plugin.get_option("become_pass") or None,

@@ -99,18 +99,23 @@ pub struct Host {
 /// How to switch to another account on the target (Ansible's `become`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct BecomeSpec {
-    /// The program: `sudo` or a path to it.
+    /// `sudo` or `su`.
+    pub method: String,
+    /// The program: `sudo`, `su` or a path to one.
     pub exe: String,
     /// `become_flags`, split into words.
     pub flags: Vec<String>,
     pub user: String,
     pub password: Option<String>,
+    /// For su: the words its password prompt may hold.
+    pub prompts: Vec<String>,
 }
 
 impl std::fmt::Debug for BecomeSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the password itself.
         f.debug_struct("BecomeSpec")
+            .field("method", &self.method)
             .field("exe", &self.exe)
             .field("flags", &self.flags)
             .field("user", &self.user)
@@ -119,10 +124,10 @@ impl std::fmt::Debug for BecomeSpec {
     }
 }
 
-/// How an account was reached: program, flags, user and a digest of the
-/// password (a task with another password gets its own child agent, checked
-/// by sudo as a stock run would).
-type AccountKey = (String, Vec<String>, String, Option<String>);
+/// How an account was reached: method, program, flags, user and a digest
+/// of the password (a task with another password gets its own child agent,
+/// checked by sudo or su as a stock run would).
+type AccountKey = (String, String, Vec<String>, String, Option<String>);
 
 /// A command's whole result with its output collected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,11 +232,20 @@ impl Host {
         let Some(b) = account else {
             return self.link().await;
         };
+        if b.method == "sudo" {
+            crate::become_flags::check_sudo(&b.flags).map_err(Error::Local)?;
+        }
         let digest = b.password.as_ref().map(|p| {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(p.as_bytes()))
         });
-        let key = (b.exe.clone(), b.flags.clone(), b.user.clone(), digest);
+        let key = (
+            b.method.clone(),
+            b.exe.clone(),
+            b.flags.clone(),
+            b.user.clone(),
+            digest,
+        );
         let mut accounts = self.accounts.lock().await;
         accounts.retain(|_, (l, _)| !l.is_dead());
         if let Some((link, used)) = accounts.get_mut(&key) {
@@ -263,11 +277,13 @@ impl Host {
                 .cloned()
         });
         let req = |agent: Option<Vec<u8>>| Become {
+            method: b.method.clone(),
             exe: b.exe.clone(),
             flags: b.flags.clone(),
             user: b.user.clone(),
             python: python.clone(),
             password: b.password.as_ref().map(|p| p.as_bytes().to_vec().into()),
+            prompts: b.prompts.clone(),
             agent: agent.map(Into::into),
             timeout_ms: self.connect_timeout.as_millis() as u64,
         };

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod askpass;
+pub mod become_flags;
 mod error;
 mod host;
 mod link;

@@ -155,9 +155,22 @@ async fn client(mut stream: UnixStream, controller: &Controller) -> anyhow::Resu
     }
 }
 
-/// The agent's words for a wrong or missing become password (Ansible's);
-/// they end the task as errors, as in a stock run.
-const PASSWORD_ERRORS: [&str; 2] = ["Incorrect sudo password", "Missing sudo password"];
+/// Whether `message` is the agent's word for a wrong or missing become
+/// password ("Incorrect su password", Ansible's words); those end the task
+/// as errors, as in a stock run.
+fn is_password_error(message: &str) -> bool {
+    let first = message.lines().next().unwrap_or_default();
+    let mut words = first.split(' ');
+    matches!(
+        (words.next(), words.next(), words.next(), words.next()),
+        (
+            Some("Incorrect" | "Missing"),
+            Some(_),
+            Some("password"),
+            None
+        )
+    )
+}
 
 fn error_reply(e: &Error) -> Value {
     json!({"error": e.to_string(), "unreachable": e.is_unreachable()})
@@ -174,25 +187,29 @@ fn unb64(v: &Value, what: &str) -> Result<Vec<u8>, Error> {
         .map_err(|e| Error::Local(format!("{what}: {e}")))
 }
 
-/// The `become` part of a request: `{"exe", "flags": [..], "user",
-/// "password"}`, or null.
+/// The `become` part of a request: `{"method", "exe", "flags": [..],
+/// "user", "password", "prompts": [..]}`, or null.
 fn become_spec(v: &Value) -> Result<Option<BecomeSpec>, Error> {
     if v.is_null() {
         return Ok(None);
     }
-    let flags = v["flags"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let words = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let flags = words(&v["flags"]);
     Ok(Some(BecomeSpec {
+        method: v["method"].as_str().unwrap_or("sudo").to_owned(),
         exe: field(v, "exe")?.to_owned(),
         flags,
         user: field(v, "user")?.to_owned(),
         password: v["password"].as_str().map(str::to_owned),
+        prompts: words(&v["prompts"]),
     }))
 }
 
@@ -218,7 +235,7 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             // the command "ran" with sudo's complaint on stderr, status 1.
             Err(Error::Remote(e))
                 if e.kind == spindle_protocol::ErrorKind::PermissionDenied
-                    && !PASSWORD_ERRORS.iter().any(|p| e.message.starts_with(p)) =>
+                    && !is_password_error(&e.message) =>
             {
                 return Ok(json!({"rc": 1, "stdout": "", "stderr": b64(e.message.as_bytes())}));
             }
@@ -324,5 +341,21 @@ fn exit_code(code: Option<i32>, signal: Option<i32>) -> i32 {
         (Some(c), _) => c,
         (None, Some(s)) => 128 + s,
         _ => -1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_password_error;
+
+    #[test]
+    fn password_errors_are_ansibles_words() {
+        assert!(is_password_error("Incorrect sudo password"));
+        assert!(is_password_error("Incorrect su password"));
+        assert!(is_password_error(
+            "Missing sudo password\nSpindle becomes root by…"
+        ));
+        assert!(!is_password_error("sudo: a password is required"));
+        assert!(!is_password_error("Incorrect password for the su command"));
     }
 }

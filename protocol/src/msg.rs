@@ -454,14 +454,18 @@ pub enum ModuleEntry {
     Loader,
 }
 
-/// Start a child agent under another account through sudo, as
-/// `exe flags... -u user <bootstrap command line>`, and keep it: later
-/// frames for it travel as [`ToAgent::Route`]. The agent first tries
-/// non-interactively (`-n`); only if the account switch asks for a password
-/// and one is given does it try again, typing it at the prompt.
+/// Start a child agent under another account and keep it: later frames for
+/// it travel as [`ToAgent::Route`]. With sudo, as `exe flags... -u user
+/// <bootstrap command line>`, first non-interactively (`-n`); only if sudo
+/// asks for a password and one is given does it try again, typing it at the
+/// prompt. With su, as `exe flags... user -c '<marker>; exec <bootstrap>'`,
+/// typing the password if su prompts for one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Become {
-    /// The program: `sudo` or a path to it.
+    /// `sudo` or `su`: how `exe` is driven.
+    #[serde(default = "sudo", skip_serializing_if = "is_sudo")]
+    pub method: String,
+    /// The program: `sudo`, `su` or a path to one.
     pub exe: String,
     /// Options as Ansible's `become_flags` gives them, split into words.
     pub flags: Vec<String>,
@@ -471,6 +475,11 @@ pub struct Become {
     pub python: Option<String>,
     #[serde(default)]
     pub password: Option<Blob>,
+    /// For su: the words its password prompt may hold (the localised
+    /// "Password", as Ansible's su plugin lists them); empty means
+    /// `Password`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
     /// The xz-compressed agent for this architecture, sent with the first
     /// request of a link; an agent without it answers
     /// [`crate::ErrorKind::CodeMissing`].
@@ -478,6 +487,14 @@ pub struct Become {
     pub agent: Option<Blob>,
     /// Limit for the whole start, password prompt included.
     pub timeout_ms: u64,
+}
+
+fn sudo() -> String {
+    "sudo".into()
+}
+
+fn is_sudo(method: &str) -> bool {
+    method == "sudo"
 }
 
 /// A started child agent.

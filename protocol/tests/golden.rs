@@ -531,12 +531,29 @@ fn golden_encodings() {
         "call_become",
         13,
         Become {
+            method: "sudo".into(),
             exe: "sudo".into(),
             flags: vec!["-H".into(), "-S".into(), "-n".into()],
             user: "root".into(),
             python: Some("/usr/bin/python3".into()),
             password: Some(Blob(b"secret".to_vec())),
+            prompts: vec![],
             agent: None,
+            timeout_ms: 10_000,
+        },
+    );
+    g.call(
+        "call_become_su",
+        14,
+        Become {
+            method: "su".into(),
+            exe: "/bin/su".into(),
+            flags: vec!["-".into()],
+            user: "alice".into(),
+            python: None,
+            password: None,
+            prompts: vec!["Password".into(), "Passwort".into()],
+            agent: Some(Blob(vec![0xfd, b'7', b'z'])),
             timeout_ms: 10_000,
         },
     );

@@ -36,6 +36,27 @@ pub fn play_with(
     strategy: Option<&str>,
     spindle_bin: &Path,
 ) -> Result<Vec<String>> {
+    run(tb, playbook, connection, strategy, spindle_bin, &[])
+}
+
+/// [`play`] with extra variables (`-e NAME=VALUE` each).
+pub fn play_vars(
+    tb: &Testbed,
+    playbook: &str,
+    connection: &str,
+    vars: &[&str],
+) -> Result<Vec<String>> {
+    run(tb, playbook, connection, None, &crate::spindle_bin(), vars)
+}
+
+fn run(
+    tb: &Testbed,
+    playbook: &str,
+    connection: &str,
+    strategy: Option<&str>,
+    spindle_bin: &Path,
+    vars: &[&str],
+) -> Result<Vec<String>> {
     let venv = venv();
     // Unique per run: the tests of this file run in parallel.
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -63,6 +84,7 @@ pub fn play_with(
             "work=/tmp/spindle-suite-{}-{n}",
             std::process::id()
         ))
+        .args(vars.iter().flat_map(|v| ["-e", v]))
         .arg(root().join("tests/ansible").join(playbook))
         .env(
             "ANSIBLE_CONNECTION_PLUGINS",

@@ -2,7 +2,7 @@
 //! binary of its own: no other suite runs against the host meanwhile.
 
 use anyhow::Result;
-use spindle_tests::playbook::play;
+use spindle_tests::playbook::{play, play_vars};
 use spindle_tests::Testbed;
 
 /// 30 tasks alternating become on and off: under Spindle one SSH login and
@@ -32,6 +32,56 @@ fn alternating_become_logs_in_and_sudoes_once() -> Result<()> {
     Ok(())
 }
 
+/// The same with `become_method: su` (to root, with root's password): one
+/// su for the whole run under Spindle, one per become task in a stock run.
+/// su writes no log of its own here, so `become_exe` is a wrapper on the
+/// host that notes each run.
+#[test]
+fn alternating_su_runs_su_once() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tb = Testbed::load()?;
+    let th = tb.host("sp2")?;
+    let _lock = th.lock()?;
+    let wrapper = "/usr/local/bin/spindle-test-su";
+    let runs = "/tmp/spindle-test-su.runs";
+    std::fs::write(
+        th.root_path(wrapper),
+        format!("#!/bin/sh\necho \"$$\" >> {runs}\nexec /bin/su \"$@\"\n"),
+    )?;
+    std::fs::set_permissions(th.root_path(wrapper), PermissionsExt::from_mode(0o755))?;
+    let count = || -> Result<usize> {
+        Ok(std::fs::read_to_string(th.root_path(runs))
+            .unwrap_or_default()
+            .lines()
+            .count())
+    };
+    std::fs::write(th.root_path(runs), "")?;
+    std::fs::set_permissions(th.root_path(runs), PermissionsExt::from_mode(0o666))?;
+    let vars = [
+        "ansible_become_method=su",
+        &format!("ansible_become_exe={wrapper}"),
+        "ansible_become_password=root-pw",
+    ];
+    let logins = th.auth_count()?;
+    let stock = play_vars(&tb, "become/alternating.yml", "ssh", &vars)?;
+    let (stock_su, middle) = (count()?, th.auth_count()?);
+    let spindle = play_vars(&tb, "become/alternating.yml", "spindle", &vars)?;
+    let (spindle_su, after) = (count()? - stock_su, th.auth_count()?);
+    let _ = std::fs::remove_file(th.root_path(wrapper));
+    let _ = std::fs::remove_file(th.root_path(runs));
+    assert_eq!(spindle, stock, "recaps differ");
+    assert!(
+        stock_su >= 15 && middle > logins,
+        "stock ran su {stock_su} times"
+    );
+    assert_eq!(
+        (after - middle, spindle_su),
+        (1, 1),
+        "(SSH logins, su runs) under Spindle"
+    );
+    Ok(())
+}
+
 /// An account whose sudoers allows nothing but Spindle's bootstrap command
 /// line (the rule README.md documents) becomes root; one whose rule is a
 /// character off gets a failure that names the exact command to allow.
@@ -55,6 +105,35 @@ fn restricted_sudoers_rule_allows_only_the_bootstrap() -> Result<()> {
     Ok(())
 }
 
+/// `become_flags` are read with sudo's grammar: environment and home flags
+/// are honoured, a flag Spindle cannot honour fails the task naming it.
+#[test]
+fn sudo_flags_are_checked() -> Result<()> {
+    let tb = Testbed::load()?;
+    let _lock = tb.host("sp2")?.lock()?;
+    let ok = become_id(
+        &tb,
+        "spindle",
+        &[
+            "-e",
+            "ansible_become_flags='-H -S -n -E'",
+            "-e",
+            "ansible_become_user=bob",
+        ],
+    )?;
+    assert!(ok.status.success(), "-E:\n{}", text(&ok));
+    assert!(text(&ok).contains("rc=0 >>\nbob"), "-E:\n{}", text(&ok));
+
+    let bad = become_id(&tb, "spindle", &["-e", "ansible_become_flags=-HSnb"])?;
+    let out = text(&bad);
+    assert!(!bad.status.success(), "-b:\n{out}");
+    assert!(
+        out.contains("Spindle cannot honour sudo's -b: it runs the command in the background"),
+        "-b:\n{out}"
+    );
+    Ok(())
+}
+
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -66,11 +145,18 @@ fn text(out: &std::process::Output) -> String {
 /// `ansible -m command -a 'id -un' --become` on sp2 as `user`, through
 /// Spindle (a stock run cannot pass such a rule: it runs a shell).
 fn play_as(tb: &Testbed, user: &str) -> Result<std::process::Output> {
+    become_id(tb, user, &[])
+}
+
+/// `ansible -m command -a 'id -un' --become` on sp2 as `user` through
+/// Spindle, with more arguments for `ansible`.
+fn become_id(tb: &Testbed, user: &str, args: &[&str]) -> Result<std::process::Output> {
     use spindle_tests::playbook::{root, venv};
     Ok(std::process::Command::new(venv().join("bin/ansible"))
         .args(["-i"])
         .arg(&tb.inventory)
         .args(["sp2", "-c", "spindle", "--become"])
+        .args(args)
         // Extra vars: the inventory's ansible_user would beat `-u`.
         .args(["-e", &format!("ansible_user={user}")])
         .args(["-m", "command", "-a", "id -un"])

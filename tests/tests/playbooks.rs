@@ -111,6 +111,13 @@ fn become_sudo() -> Result<()> {
     same_under_stock_and_spindle("become/sudo.yml")
 }
 
+/// su with the target account's password: root, another user, a wrong
+/// password.
+#[test]
+fn become_su() -> Result<()> {
+    same_under_stock_and_spindle("become/su.yml")
+}
+
 /// sudo with a password: right, wrong and missing.
 #[test]
 fn become_sudo_password() -> Result<()> {

@@ -12,7 +12,8 @@
 # 3. {"op": "run", "id": N, ...} + [stdin, stdout, stderr]: fork a child that
 #    runs the module as the stock AnsiballZ wrapper would, with its standard
 #    streams on the given pipes; reply {"op": "started", "id", "pid"}, and
-#    {"op": "exit", "id", "code", "signal"} once it has been reaped.
+#    {"op": "exit", "id", "code", "signal", "wall_us", "cpu_us"} once it has
+#    been reaped (the child's life from fork and the CPU it used).
 # 4. Every task runs in its own forked child, so nothing a module does to its
 #    interpreter (patches, globals, environment, fds, atexit) reaches the next.
 # The zygote stays single-threaded so that forking it is safe.
@@ -21,7 +22,7 @@ import array, errno, json, os, re, select, signal, shutil, socket, sys, time
 SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 MAX_PACKET = 1 << 20
 codes = {}  # hash -> (zip path readable by us and our children, memfd)
-children = {}  # pid -> (request id, task temp dir or None)
+children = {}  # pid -> (request id, task temp dir or None, clock() at fork)
 warmed = False
 TMP = {}  # remote_tmp -> this interpreter's private temp dir under it
 TMPDIR_NULL = re.compile(r'"_ansible_tmpdir"\s*:\s*null')
