@@ -40,8 +40,8 @@ enum Suite {
     /// Per-task time of Ansible modules: stock pipelining over a
     /// ControlMaster vs Spindle's warm interpreters.
     Modules,
-    /// Whole playbooks: stock ssh with pipelining vs Spindle's connection
-    /// plugin.
+    /// Whole playbooks: stock ssh with pipelining, Mitogen, Spindle's
+    /// connection plugin and Spindle's strategy.
     Ansible,
 }
 
@@ -502,43 +502,54 @@ impl Bench<'_> {
 /// connection plugin, medians of `--runs`.
 fn ansible(args: &Args) -> Result<()> {
     let spindle = release_build()?;
-    crate::ansible_venv()?;
+    let venv = crate::ANSIBLE_BENCH.install()?;
     let root = agents::workspace_root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let mut playbooks = Vec::new();
-    let mut hostname = String::from("- hosts: sp1\n  gather_facts: false\n  tasks:\n");
-    for _ in 0..100 {
-        hostname.push_str("    - command: hostname\n");
-    }
-    playbooks.push(("100 x command: hostname", "hostname100.yml", hostname));
-    let looped = "- hosts: sp1\n  gather_facts: false\n  tasks:\n    - command: /bin/true\n      loop: \"{{ range(200) | list }}\"\n";
-    playbooks.push((
-        "1 task looping command: /bin/true x 200",
-        "loop200.yml",
-        looped.to_owned(),
-    ));
-    let mut switching = String::from("- hosts: sp1\n  gather_facts: false\n  tasks:\n");
-    for i in 0..30 {
-        switching.push_str(&format!(
-            "    - command: id -un\n      become: {}\n",
-            i % 2 == 0
-        ));
-    }
-    playbooks.push((
-        "30 x command: id -un, become on and off",
-        "become30.yml",
-        switching,
-    ));
-    for (_, file, text) in &playbooks {
-        std::fs::write(dir.join(file), text)?;
-    }
-    let mut table = String::new();
+    let playbooks = write_playbooks(&dir)?;
+    let mitogen = mitogen_strategies(&venv)?;
+    let runners = [
+        Runner {
+            name: "stock ssh + pipelining",
+            connection: "ssh",
+            strategy: None,
+        },
+        Runner {
+            name: "Mitogen",
+            connection: "ssh",
+            strategy: Some(("mitogen_linear", mitogen)),
+        },
+        Runner {
+            name: "Spindle, connection plugin",
+            connection: "spindle",
+            strategy: None,
+        },
+        Runner {
+            name: "Spindle, strategy",
+            connection: "ssh",
+            strategy: Some((
+                "spindle_linear",
+                root.join("ansible-plugin/strategy_plugins"),
+            )),
+        },
+    ];
+    let mut walls = String::new();
     writeln!(
-        table,
-        "| RTT | playbook | Spindle | stock ssh + pipelining | ratio | controller CPU Spindle / stock | target CPU Spindle / stock | bytes Spindle / stock |"
+        walls,
+        "| RTT | playbook | {} | Spindle vs stock | Spindle vs Mitogen |",
+        runners
+            .iter()
+            .map(|r| r.name)
+            .collect::<Vec<_>>()
+            .join(" | ")
     )?;
-    writeln!(table, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(walls, "|---|---|{}---|---|", "---|".repeat(runners.len()))?;
+    let mut details = String::new();
+    writeln!(
+        details,
+        "| RTT | playbook | run by | wall | controller CPU | target CPU | bytes on the link |"
+    )?;
+    writeln!(details, "|---|---|---|---|---|---|---|")?;
     let controller_group = PathBuf::from("/sys/fs/cgroup/cpuacct/spindle-bench-controller");
     std::fs::create_dir_all(&controller_group)
         .with_context(|| format!("creating {}", controller_group.display()))?;
@@ -553,8 +564,8 @@ fn ansible(args: &Args) -> Result<()> {
             hosts: 4,
             rtt_ms: rtt,
         })?;
-        for (name, file, _) in &playbooks {
-            let run = |conn: &str| -> Result<Measured> {
+        for (name, file) in &playbooks {
+            let run = |runner: &Runner| -> Result<Measured> {
                 let mut runs = Vec::new();
                 for _ in 0..args.runs.max(1) {
                     let before = (
@@ -568,22 +579,25 @@ fn ansible(args: &Args) -> Result<()> {
                         "echo $$ > {}/cgroup.procs && exec \"$@\"",
                         controller_group.display()
                     );
-                    let wall = time(|| {
-                        quiet(
-                            Command::new("sh")
-                                .args(["-c", &script, "sh"])
-                                .arg(crate::ANSIBLE.venv().join("bin/ansible-playbook"))
-                                .args(["-i", &format!("{STATE_DIR}/inventory.ini"), "-c", conn])
-                                .arg(dir.join(file))
-                                .env("ANSIBLE_PIPELINING", "True")
-                                .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
-                                .env(
-                                    "ANSIBLE_CONNECTION_PLUGINS",
-                                    root.join("ansible-plugin/connection_plugins"),
-                                )
-                                .env("SPINDLE_BIN", &spindle),
+                    let mut cmd = Command::new("sh");
+                    cmd.args(["-c", &script, "sh"])
+                        .arg(venv.join("bin/ansible-playbook"))
+                        .args(["-i", &format!("{STATE_DIR}/inventory.ini")])
+                        .args(["-c", runner.connection])
+                        .arg(dir.join(file))
+                        .current_dir(&dir)
+                        .env("ANSIBLE_PIPELINING", "True")
+                        .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
+                        .env(
+                            "ANSIBLE_CONNECTION_PLUGINS",
+                            root.join("ansible-plugin/connection_plugins"),
                         )
-                    })?;
+                        .env("SPINDLE_BIN", &spindle);
+                    if let Some((strategy, plugins)) = &runner.strategy {
+                        cmd.env("ANSIBLE_STRATEGY", strategy)
+                            .env("ANSIBLE_STRATEGY_PLUGINS", plugins);
+                    }
+                    let wall = time(|| quiet(&mut cmd))?;
                     settle();
                     runs.push(Measured {
                         wall,
@@ -594,24 +608,138 @@ fn ansible(args: &Args) -> Result<()> {
                 }
                 Ok(Measured::median(&runs))
             };
-            let ours = run("spindle")?;
-            let stock = run("ssh")?;
+            // A runner that fails (Mitogen with an ansible-core it does not
+            // support, say) is reported as such; the others still run.
+            let results: Vec<Option<Measured>> = runners
+                .iter()
+                .map(|r| match run(r) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        eprintln!("{} on {name} at {rtt} ms failed: {e:#}", r.name);
+                        None
+                    }
+                })
+                .collect();
+            let cell = |m: &Option<Measured>| match m {
+                Some(m) => format!("{:.2} s", m.wall / 1e3),
+                None => "failed".into(),
+            };
+            let ratio = |other: &Option<Measured>| match (other, &results[2]) {
+                (Some(o), Some(ours)) => format!("{:.2}x", o.wall / ours.wall),
+                _ => "–".into(),
+            };
             writeln!(
-                table,
-                "| {rtt} ms | {name} | {:.2} s | {:.2} s | {:.2}x | {:.1} / {:.1} s | {:.1} / {:.1} s | {:.2} / {:.2} MB |",
-                ours.wall / 1e3,
-                stock.wall / 1e3,
-                stock.wall / ours.wall,
-                ours.controller_cpu / 1e3,
-                stock.controller_cpu / 1e3,
-                ours.target_cpu / 1e3,
-                stock.target_cpu / 1e3,
-                ours.bytes / 1e6,
-                stock.bytes / 1e6
+                walls,
+                "| {rtt} ms | {name} | {} | {} | {} |",
+                results.iter().map(cell).collect::<Vec<_>>().join(" | "),
+                ratio(&results[0]),
+                ratio(&results[1]),
             )?;
+            for (runner, m) in runners.iter().zip(&results) {
+                let Some(m) = m else { continue };
+                writeln!(
+                    details,
+                    "| {rtt} ms | {name} | {} | {:.2} s | {:.1} s | {:.1} s | {:.2} MB |",
+                    runner.name,
+                    m.wall / 1e3,
+                    m.controller_cpu / 1e3,
+                    m.target_cpu / 1e3,
+                    m.bytes / 1e6
+                )?;
+            }
         }
     }
-    report(args, &table)
+    report(args, &format!("{walls}\n{details}"))
+}
+
+/// Who runs a playbook: a connection type, perhaps with a strategy plugin
+/// (its name and directory).
+struct Runner {
+    name: &'static str,
+    connection: &'static str,
+    strategy: Option<(&'static str, PathBuf)>,
+}
+
+/// Mitogen's strategy plugins in the bench venv.
+fn mitogen_strategies(venv: &Path) -> Result<PathBuf> {
+    let lib = venv.join("lib");
+    for entry in std::fs::read_dir(&lib)? {
+        let dir = entry?
+            .path()
+            .join("site-packages/ansible_mitogen/plugins/strategy");
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+    }
+    bail!("no ansible_mitogen in {}", lib.display())
+}
+
+/// Writes the benchmark playbooks (and the files they copy) into `dir`;
+/// returns (description, file name) of each.
+fn write_playbooks(dir: &Path) -> Result<Vec<(&'static str, &'static str)>> {
+    let head = "- hosts: sp1\n  gather_facts: false\n  tasks:\n";
+    let mut hostname = String::from(head);
+    for _ in 0..100 {
+        hostname.push_str("    - command: hostname\n");
+    }
+    std::fs::write(dir.join("hostname100.yml"), hostname)?;
+
+    let looped =
+        format!("{head}    - command: /bin/true\n      loop: \"{{{{ range(200) | list }}}}\"\n");
+    std::fs::write(dir.join("loop200.yml"), looped)?;
+
+    // 50 small files, 20 templates, one 20 MiB file.
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files)?;
+    for i in 0..50 {
+        std::fs::write(
+            files.join(format!("small{i}.txt")),
+            format!("file {i}\n").repeat(40),
+        )?;
+    }
+    for i in 0..20 {
+        std::fs::write(
+            files.join(format!("template{i}.j2")),
+            format!(
+                "template {i} on {{{{ inventory_hostname }}}}\n{}",
+                "line\n".repeat(40)
+            ),
+        )?;
+    }
+    let big = files.join("big.bin");
+    if std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0) != 20 << 20 {
+        make_file(&big, 20)?;
+    }
+    let mut copies = format!(
+        "{head}    - file:\n        path: /tmp/spindle-bench-files\n        state: directory\n"
+    );
+    copies.push_str(
+        "    - copy:\n        src: files/small{{ item }}.txt\n        dest: /tmp/spindle-bench-files/\n      loop: \"{{ range(50) | list }}\"\n",
+    );
+    copies.push_str(
+        "    - template:\n        src: files/template{{ item }}.j2\n        dest: /tmp/spindle-bench-files/template{{ item }}\n      loop: \"{{ range(20) | list }}\"\n",
+    );
+    copies.push_str(
+        "    - copy:\n        src: files/big.bin\n        dest: /tmp/spindle-bench-files/big.bin\n",
+    );
+    // Each run starts from nothing, so every copy transfers.
+    copies.push_str("    - file:\n        path: /tmp/spindle-bench-files\n        state: absent\n");
+    std::fs::write(dir.join("files.yml"), copies)?;
+
+    let mut switching = String::from(head);
+    for i in 0..30 {
+        switching.push_str(&format!(
+            "    - command: id -un\n      become: {}\n",
+            i % 2 == 0
+        ));
+    }
+    std::fs::write(dir.join("become30.yml"), switching)?;
+    Ok(vec![
+        ("100 x command: hostname", "hostname100.yml"),
+        ("1 task looping command: /bin/true x 200", "loop200.yml"),
+        ("50 copy + 20 template + one 20 MiB copy", "files.yml"),
+        ("30 x command: id -un, become on and off", "become30.yml"),
+    ])
 }
 
 /// One playbook run: wall time (ms), bytes on the link, controller and

@@ -98,6 +98,8 @@ pub struct Ansible {
     /// The Python that runs it: a command on PATH or a pyenv version.
     python: &'static str,
     spec: &'static str,
+    /// More packages for the venv.
+    extra: &'static [&'static str],
 }
 
 /// The release every test and benchmark uses (Debian 12's Python 3.11).
@@ -105,6 +107,15 @@ pub const ANSIBLE: Ansible = Ansible {
     dir: "ansible-venv",
     python: "python3",
     spec: "ansible-core>=2.19,<2.20",
+    extra: &[],
+};
+
+/// The benchmarks' own venv: the same ansible-core, and Mitogen.
+pub const ANSIBLE_BENCH: Ansible = Ansible {
+    dir: "bench-venv",
+    python: "python3",
+    spec: "ansible-core>=2.19,<2.20",
+    extra: &["mitogen"],
 };
 
 /// The newest release; it needs Python 3.12 or later on the controller.
@@ -112,6 +123,7 @@ const ANSIBLE_NEWEST: Ansible = Ansible {
     dir: "ansible-venv-2.21",
     python: "3.12",
     spec: "ansible-core>=2.21,<2.22",
+    extra: &[],
 };
 
 impl Ansible {
@@ -169,12 +181,10 @@ impl Ansible {
         run(std::process::Command::new(self.python()?)
             .args(["-m", "venv"])
             .arg(&venv))?;
-        run(std::process::Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            self.spec,
-        ]))?;
+        run(std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(self.spec)
+            .args(self.extra))?;
         Ok(venv)
     }
 }

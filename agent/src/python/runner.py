@@ -7,8 +7,10 @@
 #    the agent; every message is one packet of JSON, with descriptors passed
 #    alongside (SCM_RIGHTS).
 # 2. {"op": "code", "hash": H} + [memfd]: a module bundle (the AnsiballZ zip)
-#    kept in the agent's memory. The first bundle is also imported from here
-#    (ansible.module_utils.basic and friends), so forked children start warm.
+#    kept in the agent's memory. The ansible-core module_utils each bundle
+#    carries are imported here once, so forked children start warm; a
+#    task's module is compiled here on its first run and served to later
+#    children from that code (the `Compiled` finder).
 # 3. {"op": "run", "id": N, ...} + [stdin, stdout, stderr]: fork a child that
 #    runs the module as the stock AnsiballZ wrapper would, with its standard
 #    streams on the given pipes; reply {"op": "started", "id", "pid"}, and
@@ -23,7 +25,6 @@ SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 MAX_PACKET = 1 << 20
 codes = {}  # hash -> (zip path readable by us and our children, memfd)
 children = {}  # pid -> (request id, task temp dir or None, clock() at fork)
-warmed = False
 TMP = {}  # remote_tmp -> this interpreter's private temp dir under it
 TMPDIR_NULL = re.compile(r'"_ansible_tmpdir"\s*:\s*null')
 REMOTE_TMP = re.compile(r'"_ansible_remote_tmp"\s*:\s*("(?:[^"\\]|\\.)*")')
@@ -53,16 +54,108 @@ def ansible_packages():
 
 
 def warm(path):
-    # Import what nearly every module imports, once, from the first bundle.
-    global warmed
-    warmed = True
+    # Import, once per bundle, the module_utils it carries (ansible-core's;
+    # a collection's may depend on the task), so forked children start with
+    # them loaded instead of importing them per task.
+    import zipfile
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except Exception:
+        return
+    wanted = ["ansible.module_utils.basic", "ansible.module_utils._internal._ansiballz._loader"]
+    for name in names:
+        if name.startswith("ansible/module_utils/") and name.endswith(".py"):
+            mod = name[:-3].replace("/", ".")
+            if mod.endswith(".__init__"):
+                mod = mod[: -len(".__init__")]
+            # distro reads the environment when imported.
+            if not mod.startswith(SKIP_WARM) and mod not in sys.modules:
+                wanted.append(mod)
     sys.path.insert(0, path)
-    for name in ("ansible.module_utils.basic", "ansible.module_utils._internal._ansiballz._loader"):
+    added = []
+    for name, mod in ansible_packages():
+        entry = path + "/" + name.replace(".", "/")
+        if entry not in mod.__path__:
+            mod.__path__.insert(0, entry)
+            added.append((mod, entry))
+    sys.path_importer_cache.clear()
+    for name in wanted:
         try:
             __import__(name)
         except Exception:
             pass
+    # Packages imported here keep this bundle on their path (as the first
+    # bundle's did before); those imported earlier are as they were.
+    for mod, entry in added:
+        if entry in mod.__path__:
+            mod.__path__.remove(entry)
     sys.path.remove(path)
+    sys.path_importer_cache.clear()
+
+
+SKIP_WARM = ("ansible.module_utils.distro",)
+
+
+class Compiled(object):
+    # A meta path finder serving a task's module from code compiled once in
+    # the zygote: forked children then skip reading and compiling it.
+    # Everything else is left to the regular import system.
+    codes = {}  # (bundle hash, module name) -> (file name, code), or None
+    current = None  # the running task's bundle hash, set in the child
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        hit = cls.codes.get((cls.current, name))
+        if not hit:
+            return None
+        import importlib.util
+        return importlib.util.spec_from_file_location(name, hit[0], loader=CompiledLoader(name, hit))
+
+    @classmethod
+    def prepare(cls, bundle, path, fqn):
+        key = (bundle, fqn)
+        if key in cls.codes:
+            return
+        cls.codes[key] = None
+        try:
+            import zipimport
+            source = zipimport.zipimporter(path).get_source(fqn)
+            if source is None:
+                return
+            origin = path + "/" + fqn.replace(".", "/") + ".py"
+            cls.codes[key] = (origin, compile(source, origin, "exec", dont_inherit=True))
+        except Exception:
+            pass
+
+
+class CompiledLoader(object):
+    def __init__(self, name, hit):
+        self.name = name
+        self.origin, self.code = hit
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(self.code, module.__dict__)
+
+    def get_code(self, fullname):
+        return self.code
+
+    def is_package(self, fullname):
+        return False
+
+    def get_filename(self, fullname):
+        return self.origin
+
+    def get_source(self, fullname):
+        import zipimport
+        archive = self.origin[: -len(fullname.replace(".", "/") + ".py") - 1]
+        return zipimport.zipimporter(archive).get_source(fullname)
+
+
+if sys.version_info >= (3, 4):
+    sys.meta_path.insert(0, Compiled)
 
 
 def run_child(req, path, fds):
@@ -100,6 +193,7 @@ def run_child(req, path, fds):
         for name in req.get("unset") or ():
             os.environ.pop(name, None)
         os.environ.update(req.get("env") or {})
+        Compiled.current = req["hash"]
         if "TZ" in (req.get("env") or {}):
             import time
             time.tzset()
@@ -303,8 +397,7 @@ def handle(req, fds):
         os.set_inheritable(fds[0], False)
         path = "/proc/%d/fd/%d" % (os.getpid(), fds[0])
         codes[req["hash"]] = (path, fds[0])
-        if not warmed:
-            warm(path)
+        warm(path)
     elif op == "run":
         path = codes.get(req["hash"], (None, None))[0]
         if path is None:
@@ -313,6 +406,7 @@ def handle(req, fds):
             send({"op": "error", "id": req["id"], "message": "code %s not loaded" % req["hash"]})
             return
         refresh_resolver()
+        Compiled.prepare(req["hash"], path, req["fqn"])
         tmp = task_tmp(req)
         sys.stdout.flush()
         sys.stderr.flush()
