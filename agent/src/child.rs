@@ -130,23 +130,17 @@ pub fn start(mut req: Become, control: &Control) -> Result<Child, WireError> {
     match req.method.as_str() {
         "sudo" => sudo(&req, deadline, control),
         "su" => su(&req, deadline, control),
+        "doas" => doas(&req, deadline, control),
         other => Err(WireError::new(
             ErrorKind::Unsupported,
-            format!("become method {other:?} is not one the agent drives (sudo, su)"),
+            format!("become method {other:?} is not one the agent drives (sudo, su, doas)"),
         )),
     }
 }
 
 fn sudo(req: &Become, deadline: Instant, control: &Control) -> Result<Child, WireError> {
     let interactive = |f: &str| f == "-n" || f == "--non-interactive";
-    let command = |flags: &[String]| {
-        let mut cmd = Command::new(&req.exe);
-        cmd.args(flags)
-            .arg("-u")
-            .arg(&req.user)
-            .args(spindle_bootstrap::command_argv(req.python.as_deref()));
-        cmd
-    };
+    let command = |flags: &[String]| as_user(req, flags);
     // `-k`: never use credentials sudo cached for this agent, as a stock
     // run's fresh session has none.
     let mut quiet: Vec<String> = req.flags.clone();
@@ -154,7 +148,7 @@ fn sudo(req: &Become, deadline: Instant, control: &Control) -> Result<Child, Wir
     if !quiet.iter().any(|f| interactive(f)) {
         quiet.push("-n".into());
     }
-    let first = attempt(req, command(&quiet), &Prompt::None, None, deadline, control);
+    let first = quietly(req, command(&quiet), deadline, control);
     let need = match first {
         Ok(c) => return Ok(c),
         Err(Failure::Error(e)) => return Err(e),
@@ -174,7 +168,7 @@ fn sudo(req: &Become, deadline: Instant, control: &Control) -> Result<Child, Wir
     let prompt = prompt();
     asking.extend(["-k".into(), "-S".into(), "-p".into(), prompt.clone()]);
     let typed = Prompt::Exact(prompt, password.as_ref());
-    match attempt(req, command(&asking), &typed, None, deadline, control) {
+    match attempt(req, command(&asking), &typed, None, None, deadline, control) {
         Ok(c) => Ok(c),
         Err(Failure::Error(e)) => Err(e),
         // Asked again although we answered: the password was not taken.
@@ -200,7 +194,7 @@ fn su(req: &Become, deadline: Instant, control: &Control) -> Result<Child, WireE
         &req.prompts[..]
     };
     let typed = Prompt::Words(words, req.password.as_ref().map(|p| p.as_ref()));
-    match attempt(req, cmd, &typed, Some(&marker), deadline, control) {
+    match attempt(req, cmd, &typed, Some(&marker), None, deadline, control) {
         Ok(c) => Ok(c),
         Err(Failure::Error(e)) => Err(e),
         // A prompt without a password to type, a second prompt, or su
@@ -227,6 +221,79 @@ fn hint(req: &Become) -> String {
 /// A prompt nobody else prints.
 fn prompt() -> String {
     format!("[spindle sudo {}] password:", std::process::id())
+}
+
+/// `exe flags… -u USER <bootstrap command line>`, as sudo and doas take it.
+fn as_user(req: &Become, flags: &[String]) -> Command {
+    let mut cmd = Command::new(&req.exe);
+    cmd.args(flags)
+        .arg("-u")
+        .arg(&req.user)
+        .args(spindle_bootstrap::command_argv(req.python.as_deref()));
+    cmd
+}
+
+/// A non-interactive try (`-n`): stage lines at once, no prompt expected.
+fn quietly(
+    req: &Become,
+    cmd: Command,
+    deadline: Instant,
+    control: &Control,
+) -> Result<Child, Failure> {
+    attempt(req, cmd, &Prompt::None, None, None, deadline, control)
+}
+
+fn doas(req: &Become, deadline: Instant, control: &Control) -> Result<Child, WireError> {
+    let command = |flags: &[String]| as_user(req, flags);
+    let mut quiet = req.flags.clone();
+    if !quiet.iter().any(|f| f == "-n") {
+        quiet.push("-n".into());
+    }
+    match quietly(req, command(&quiet), deadline, control) {
+        Ok(c) => return Ok(c),
+        Err(Failure::Error(e)) => return Err(e),
+        // As in a stock run: Ansible's doas plugin does not recognise
+        // opendoas's "Authentication required", so the task fails with
+        // doas's own words.
+        Err(Failure::NeedsPassword(why)) if req.password.is_none() => {
+            return Err(WireError::new(ErrorKind::PermissionDenied, why));
+        }
+        Err(Failure::NeedsPassword(_)) => {}
+    }
+    // doas reads a password from its controlling terminal only: a
+    // pseudo-terminal of ours, while its standard streams stay pipes.
+    let (master, slave) =
+        sys::openpty().map_err(|e| io_error("opening a pseudo-terminal for doas", e))?;
+    let flags: Vec<String> = req.flags.iter().filter(|f| *f != "-n").cloned().collect();
+    let mut cmd = command(&flags);
+    sys::controlling_tty(&mut cmd, slave.as_raw_fd());
+    let default = ["password".to_owned()];
+    let words = if req.prompts.is_empty() {
+        &default[..]
+    } else {
+        &req.prompts[..]
+    };
+    let typed = Prompt::Words(words, req.password.as_ref().map(|p| p.as_ref()));
+    let tty = Tty {
+        master: File::from(master),
+        _slave: slave,
+    };
+    match attempt(req, cmd, &typed, None, Some(tty), deadline, control) {
+        Ok(c) => Ok(c),
+        Err(Failure::Error(e)) => Err(e),
+        // Nor does it recognise "Authentication failed".
+        Err(Failure::NeedsPassword(why)) => Err(WireError::new(ErrorKind::PermissionDenied, why)),
+    }
+}
+
+/// A pseudo-terminal that is the account switch's controlling terminal.
+/// The master stays open as long as the child agent lives (closing it
+/// would hang up the child's session).
+struct Tty {
+    master: File,
+    /// Held while the switch starts: with no slave end open (before the
+    /// switch opens its terminal) the master would only read EIO.
+    _slave: std::os::fd::OwnedFd,
 }
 
 /// What the account switch may ask, and the answer.
@@ -271,8 +338,9 @@ impl Prompt<'_> {
 
 /// What sudo and su say when they did not take a typed password (Ansible's
 /// `fail` strings, and sudo's last word before giving up).
-const REJECTED: [&str; 3] = [
+const REJECTED: [&str; 4] = [
     "Authentication failure",
+    "Authentication failed",
     "Sorry, try again.",
     "incorrect password attempt",
 ];
@@ -285,6 +353,7 @@ fn attempt(
     mut cmd: Command,
     prompt: &Prompt,
     marker: Option<&str>,
+    mut tty: Option<Tty>,
     deadline: Instant,
     control: &Control,
 ) -> Result<Child, Failure> {
@@ -307,7 +376,10 @@ fn attempt(
         let _ = proc.wait();
         Err(f)
     };
-    if marker.is_none() && matches!(prompt, Prompt::None) {
+    // The password goes to the terminal if there is one, else to stdin
+    // ahead of the stage lines.
+    let stage_first = marker.is_none() && (matches!(prompt, Prompt::None) || tty.is_some());
+    if stage_first {
         if let Err(e) = stdin.write_all(&preamble) {
             return fail(&mut proc, io_error(&what, e).into());
         }
@@ -315,8 +387,10 @@ fn attempt(
 
     let mut out = Vec::new();
     let mut err = Vec::new();
-    // Where the output since the last answer starts, in `err` and `out`.
+    let mut said = Vec::new(); // on the terminal
+                               // Where the output since the last answer starts, in `err` and `out`.
     let (mut err_from, mut out_from) = (0, 0);
+    let mut tty_open = tty.is_some();
     let mut answered = false;
     let mut switched = marker.is_none();
     let mut boot: Option<BootLine> = None;
@@ -338,15 +412,24 @@ fn attempt(
             );
             return fail(&mut proc, e.into());
         }
-        let fds: Vec<i32> = [(stdout_open, &stdout), (stderr_open, &stderr)]
+        let master = tty.as_ref().map(|t| t.master.as_raw_fd());
+        let mut fds: Vec<i32> = [(stdout_open, &stdout), (stderr_open, &stderr)]
             .iter()
             .filter(|(open, _)| *open)
             .map(|(_, f)| f.as_raw_fd())
             .collect();
         if fds.is_empty() {
             // What the account switch said is the error, as a stock run
-            // shows it.
-            proc.wait().map_err(|e| io_error(&what, e))?;
+            // shows it. It closed both pipes; should it linger anyway, it
+            // gets until the deadline.
+            while proc.try_wait().map_err(|e| io_error(&what, e))?.is_none() {
+                if Instant::now() >= deadline || control.is_cancelled() {
+                    let _ = proc.kill();
+                    let _ = proc.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let mut why = String::from_utf8_lossy(&err).into_owned();
             if why.contains("is not allowed to execute") {
                 why.push_str(&hint(req));
@@ -354,7 +437,7 @@ fn attempt(
             }
             // Given up after the password was typed: it was not taken.
             let since = text(&err[err_from.min(err.len())..]);
-            let rejected = answered && !switched && REJECTED.iter().any(|r| since.contains(r));
+            let rejected = answered && boot.is_none() && REJECTED.iter().any(|r| since.contains(r));
             let f = if rejected || needs_password(&err) {
                 Failure::NeedsPassword(why)
             } else {
@@ -362,19 +445,44 @@ fn attempt(
             };
             return Err(f);
         }
+        if let (true, Some(m)) = (tty_open, master) {
+            fds.push(m);
+        }
         let ready = sys::poll_readable(&fds, left.min(Duration::from_millis(200)))
             .map_err(|e| io_error(&what, e))?;
         for fd in ready {
             let mut buf = [0u8; 8192];
-            if fd == stderr.as_raw_fd() {
+            if Some(fd) == master {
+                let Some(t) = tty.as_mut() else { continue };
+                let n = t.master.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    tty_open = false;
+                    continue;
+                }
+                said.extend_from_slice(&buf[..n]);
+                if let Some(answer) = prompt.seen(&said) {
+                    let typed = typed(answer, &mut answered, false, &preamble);
+                    match typed.and_then(|t| Ok(tty_write(&mut tty, &t)?)) {
+                        Ok(()) => {
+                            said.clear();
+                            err_from = err.len();
+                        }
+                        Err(f) => return fail(&mut proc, f),
+                    }
+                }
+                if said.len() > STDERR_KEEP {
+                    said.drain(..said.len() - STDERR_KEEP);
+                }
+            } else if fd == stderr.as_raw_fd() {
                 let n = stderr.read(&mut buf).unwrap_or(0);
                 if n == 0 {
                     stderr_open = false;
                     continue;
                 }
                 err.extend_from_slice(&buf[..n]);
-                // After su's marker, its stderr is the child's.
-                if !switched || marker.is_none() {
+                // After su's marker, its stderr is the child's; with a
+                // terminal, prompts come there.
+                if (!switched || marker.is_none()) && tty.is_none() {
                     if let Some(answer) = prompt.seen(&err[err_from..]) {
                         let typed = typed(answer, &mut answered, marker.is_none(), &preamble);
                         match typed.and_then(|t| Ok(stdin.write_all(&t)?)) {
@@ -436,7 +544,14 @@ fn attempt(
                 if boot.is_some() {
                     match take_hello(&mut out) {
                         Ok(Some(hello)) => {
-                            return Ok(adopt(proc, stdin, stdout, stderr, out, hello, err));
+                            let switch = Switch {
+                                proc,
+                                stdin,
+                                stdout,
+                                stderr,
+                                tty: tty.take().map(|t| t.master),
+                            };
+                            return Ok(adopt(switch, out, hello, err));
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -456,6 +571,13 @@ fn attempt(
                 }
             }
         }
+    }
+}
+
+fn tty_write(tty: &mut Option<Tty>, data: &[u8]) -> std::io::Result<()> {
+    match tty {
+        Some(t) => t.master.write_all(data),
+        None => Ok(()),
     }
 }
 
@@ -495,7 +617,11 @@ fn line_end(out: &[u8], line: &str) -> Option<usize> {
 
 fn needs_password(err: &[u8]) -> bool {
     let t = text(err);
-    t.contains("password is required") || t.contains("a terminal is required")
+    // sudo's, then doas's words.
+    t.contains("password is required")
+        || t.contains("a terminal is required")
+        || t.contains("Authorization required")
+        || t.contains("Authentication required")
 }
 
 fn text(err: &[u8]) -> String {
@@ -564,16 +690,25 @@ fn take_hello(out: &mut Vec<u8>) -> Result<Option<Hello>, String> {
     }
 }
 
+/// A started account switch whose child agent said hello.
+struct Switch {
+    proc: std::process::Child,
+    stdin: File,
+    stdout: File,
+    stderr: File,
+    /// The master of its controlling terminal, if it has one of ours.
+    tty: Option<File>,
+}
+
 /// Registers a started child and starts its threads.
-fn adopt(
-    mut proc: std::process::Child,
-    mut stdin: File,
-    mut stdout: File,
-    mut stderr: File,
-    mut pending: Vec<u8>,
-    hello: Hello,
-    mut err: Vec<u8>,
-) -> Child {
+fn adopt(switch: Switch, mut pending: Vec<u8>, hello: Hello, mut err: Vec<u8>) -> Child {
+    let Switch {
+        mut proc,
+        mut stdin,
+        mut stdout,
+        mut stderr,
+        tty,
+    } = switch;
     static NEXT: AtomicU32 = AtomicU32::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
@@ -605,6 +740,7 @@ fn adopt(
         let reason = forward(id, &mut stdout, &mut pending);
         children().remove(&id);
         let _ = proc.wait();
+        drop(tty);
         let said = text(&tail.lock().unwrap_or_else(|e| e.into_inner()));
         let reason = if said.is_empty() {
             reason

@@ -60,6 +60,22 @@ pub fn kill_group(pgid: u32) {
     }
 }
 
+/// Makes `tty` (a pseudo-terminal's slave end) the controlling terminal of
+/// `cmd`, in a session of its own; its standard streams are left alone.
+pub fn controlling_tty(cmd: &mut Command, tty: std::os::fd::RawFd) {
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (setsid, ioctl); `tty` stays open in the
+    // parent until the child has been spawned.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::ioctl(tty, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
 /// Opens a pseudo-terminal pair: (master, slave).
 pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut master = -1;

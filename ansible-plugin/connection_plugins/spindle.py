@@ -14,9 +14,15 @@ from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNo
 from ansible.plugins.connection import ConnectionBase
 from ansible.plugins.connection import ssh as _ssh
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from spindle_ansible import client as _client  # noqa: E402
-from spindle_ansible import payload as _payload  # noqa: E402
+try:
+    # Installed as a package, or on PYTHONPATH.
+    from spindle_ansible import client as _client
+    from spindle_ansible import payload as _payload
+except ImportError:
+    # Used from a checkout: the package is next to this directory.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from spindle_ansible import client as _client
+    from spindle_ansible import payload as _payload
 
 DOCUMENTATION = _ssh.DOCUMENTATION.replace("name: ssh", "name: spindle", 1)
 
@@ -28,6 +34,8 @@ _SERVED_BECOME = {
     "ansible.builtin.sudo": "sudo",
     "su": "su",
     "ansible.builtin.su": "su",
+    "doas": "doas",
+    "community.general.doas": "doas",
 }
 
 # Ansible's interpreter discovery command (ansible-core 2.19 and later):
@@ -142,6 +150,8 @@ class Connection(ConnectionBase):
         prompts = []
         if method == "su":
             prompts = list(plugin.get_option("prompt_l10n") or plugin.SU_PROMPT_LOCALIZATIONS)
+        elif method == "doas":
+            prompts = list(plugin.get_option("prompt_l10n") or [])
         account = {
             "method": method,
             "prompts": prompts,

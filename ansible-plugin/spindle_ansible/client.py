@@ -38,10 +38,15 @@ def _private_dir():
 
 
 def _spindle_binary():
-    found = os.environ.get("SPINDLE_BIN") or shutil.which("spindle")
+    """SPINDLE_BIN, else the binary an installed package ships, else
+    `spindle` on PATH, else a build in the checkout this file is in."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    shipped = os.path.join(here, "bin", "spindle")
+    found = os.environ.get("SPINDLE_BIN") or (
+        shipped if os.access(shipped, os.X_OK) else shutil.which("spindle")
+    )
     if found:
         return found
-    here = os.path.dirname(os.path.abspath(__file__))
     for build in ("release", "debug"):
         candidate = os.path.join(here, "..", "..", "target", build, "spindle")
         if os.access(candidate, os.X_OK):

@@ -118,6 +118,13 @@ fn become_su() -> Result<()> {
     same_under_stock_and_spindle("become/su.yml")
 }
 
+/// doas (community.general's become plugin, Debian's opendoas): without a
+/// password, and with one typed at doas's terminal prompt.
+#[test]
+fn become_doas() -> Result<()> {
+    same_under_stock_and_spindle("become/doas.yml")
+}
+
 /// sudo with a password: right, wrong and missing.
 #[test]
 fn become_sudo_password() -> Result<()> {

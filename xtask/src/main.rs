@@ -100,6 +100,8 @@ pub struct Ansible {
     spec: &'static str,
     /// More packages for the venv.
     extra: &'static [&'static str],
+    /// Whether to add the collections the `ansible` package ships.
+    collections: bool,
 }
 
 /// The release every test and benchmark uses (Debian 12's Python 3.11).
@@ -108,6 +110,7 @@ pub const ANSIBLE: Ansible = Ansible {
     python: "python3",
     spec: "ansible-core>=2.19,<2.20",
     extra: &[],
+    collections: true,
 };
 
 /// The benchmarks' own venv: the same ansible-core, and Mitogen.
@@ -116,6 +119,7 @@ pub const ANSIBLE_BENCH: Ansible = Ansible {
     python: "python3",
     spec: "ansible-core>=2.19,<2.20",
     extra: &["mitogen"],
+    collections: false,
 };
 
 /// The newest release; it needs Python 3.12 or later on the controller.
@@ -124,6 +128,7 @@ const ANSIBLE_NEWEST: Ansible = Ansible {
     python: "3.12",
     spec: "ansible-core>=2.21,<2.22",
     extra: &[],
+    collections: true,
 };
 
 impl Ansible {
@@ -170,23 +175,47 @@ impl Ansible {
     /// Creates the venv with ansible-core unless it is there.
     pub fn install(&self) -> Result<std::path::PathBuf> {
         let venv = self.venv();
-        if venv.join("bin/ansible-playbook").exists() {
-            return Ok(venv);
-        }
         let run = |cmd: &mut std::process::Command| -> Result<()> {
             let status = cmd.status()?;
             anyhow::ensure!(status.success(), "{cmd:?} failed");
             Ok(())
         };
-        run(std::process::Command::new(self.python()?)
-            .args(["-m", "venv"])
-            .arg(&venv))?;
-        run(std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(self.spec)
-            .args(self.extra))?;
+        if !venv.join("bin/ansible-playbook").exists() {
+            run(std::process::Command::new(self.python()?)
+                .args(["-m", "venv"])
+                .arg(&venv))?;
+            run(std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(self.spec)
+                .args(self.extra))?;
+        }
+        // The collections of the `ansible` package (community.general's
+        // doas become plugin, for one), without touching ansible-core.
+        if self.collections && !has_collection(&venv, "community/general") {
+            run(std::process::Command::new(venv.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "ansible",
+            ]))?;
+        }
         Ok(venv)
     }
+}
+
+/// Whether `venv` has collection `path` (`namespace/name`) installed.
+fn has_collection(venv: &std::path::Path, path: &str) -> bool {
+    std::fs::read_dir(venv.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.path()
+                .join("site-packages/ansible_collections")
+                .join(path)
+                .is_dir()
+        })
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf> {

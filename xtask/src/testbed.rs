@@ -100,7 +100,7 @@ const GUARD_LINK: &str = "spnull0";
 const GUARD_PEER: &str = "spnull1";
 const TESTBED_NET: &str = "10.213.0.0/16";
 /// Bump when provisioning changes, so `up` rebuilds hosts made by older code.
-const PROVISION_VERSION: u32 = 2;
+const PROVISION_VERSION: u32 = 3;
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Packages providing every tool used here (nsenter, unshare, setsid and
 /// findmnt come from util-linux; useradd from passwd; kill from procps),
@@ -112,6 +112,7 @@ const PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "sudo",
+    "opendoas",
     "util-linux",
     "mount",
     "passwd",
@@ -1063,6 +1064,8 @@ printf '%s\n' "$CHPASSWD" | chpasswd
 printf '%s' "$SUDOERS" > /etc/sudoers.d/spindle-testbed
 chmod 0440 /etc/sudoers.d/spindle-testbed
 visudo -cq
+printf '%s' "$DOAS_CONF" > /etc/doas.conf
+chmod 0600 /etc/doas.conf
 
 # The controller's root dotfiles set up pyenv, whose init writes below
 # /root/.pyenv; give the target's root Debian's stock ones instead.
@@ -1129,6 +1132,14 @@ fn provision(
          dave ALL=(root) NOPASSWD: {}\n",
         BOOTSTRAP_RULE.replace("readline", "readlines")
     );
+    // doas: the login account without a password, alice with hers.
+    let doas_conf = format!(
+        "# Written by `cargo xtask testbed up`.\n\
+         permit nopass {LOGIN_USER} as root\n\
+         permit nopass {LOGIN_USER} as bob\n\
+         permit alice as root\n\
+         permit alice as bob\n"
+    );
     let hosts_file = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}",
         host.addr(),
@@ -1150,6 +1161,7 @@ fn provision(
         .env("PUBKEY", pubkey)
         .env("CHPASSWD", chpasswd.join("\n"))
         .env("SUDOERS", sudoers)
+        .env("DOAS_CONF", doas_conf)
         .env("PYTHON", if host.python { "1" } else { "0" })
         .env("PYTHON_LIBS", libs.join(" "))
         .env("PYTHON_CHECKS", checks.join(" "))
