@@ -136,20 +136,18 @@ impl Ansible {
         agents::workspace_root().join("target").join(self.dir)
     }
 
-    /// The interpreter: `python` on PATH, else pyenv's newest `python.*`.
+    /// The interpreter: `python` itself for a command name; for a version,
+    /// pyenv's newest `VERSION.*`, else `pythonVERSION` on PATH (either
+    /// only if it runs: pyenv's shims exist for versions not activated).
     fn python(&self) -> Result<std::path::PathBuf> {
         if !self.python.starts_with(|c: char| c.is_ascii_digit()) {
             return Ok(self.python.into());
-        }
-        let on_path = format!("python{}", self.python);
-        if let Ok(path) = which(&on_path) {
-            return Ok(path);
         }
         let root = std::env::var_os("PYENV_ROOT")
             .map(std::path::PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pyenv")))
             .unwrap_or_default();
-        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("versions"))
+        let mut pyenv: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("versions"))
             .into_iter()
             .flatten()
             .flatten()
@@ -159,17 +157,29 @@ impl Ansible {
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
             })
             .map(|e| e.path().join("bin/python3"))
-            .filter(|p| p.exists())
             .collect();
-        found.sort();
-        found.pop().ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} needs Python {}: neither {on_path} on PATH nor a pyenv version under {}",
-                self.spec,
-                self.python,
-                root.display()
-            )
-        })
+        pyenv.sort();
+        let on_path = format!("python{}", self.python);
+        let runs = |p: &std::path::PathBuf| {
+            std::process::Command::new(p)
+                .args(["-c", "pass"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        pyenv
+            .into_iter()
+            .rev()
+            .chain(which(&on_path).ok())
+            .find(runs)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} needs Python {}: no pyenv version under {} and no working {on_path} on PATH",
+                    self.spec,
+                    self.python,
+                    root.display()
+                )
+            })
     }
 
     /// Creates the venv with ansible-core unless it is there.
