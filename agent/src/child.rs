@@ -101,7 +101,16 @@ pub fn end(child: u32) {
 /// Ends every child (their stdin closes).
 pub fn stop_all() {
     children().clear();
+    // Let them shut down cleanly (temp dirs, their own commands) before
+    // this agent exits and, for doas, closes their terminal.
+    let t0 = Instant::now();
+    while LIVE.load(Ordering::Relaxed) > 0 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
+
+/// Child agents whose output is still being forwarded.
+static LIVE: AtomicU32 = AtomicU32::new(0);
 
 /// Why one try failed.
 enum Failure {
@@ -372,8 +381,7 @@ fn attempt(
     let mut stderr = File::from(std::os::fd::OwnedFd::from(stderr));
     let preamble = spindle_bootstrap::stdin_preamble(req.python.as_deref());
     let fail = |proc: &mut std::process::Child, f: Failure| {
-        let _ = proc.kill();
-        let _ = proc.wait();
+        abandon(proc);
         Err(f)
     };
     // The password goes to the terminal if there is one, else to stdin
@@ -424,8 +432,7 @@ fn attempt(
             // gets until the deadline.
             while proc.try_wait().map_err(|e| io_error(&what, e))?.is_none() {
                 if Instant::now() >= deadline || control.is_cancelled() {
-                    let _ = proc.kill();
-                    let _ = proc.wait();
+                    abandon(&mut proc);
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -690,6 +697,17 @@ fn take_hello(out: &mut Vec<u8>) -> Result<Option<Hello>, String> {
     }
 }
 
+/// Kills a failed account switch and leaves reaping it to a thread: once
+/// it runs as another user the kill may be refused, and it ends only when
+/// its stdin closes (when the caller returns).
+fn abandon(proc: &mut std::process::Child) {
+    let _ = proc.kill();
+    if let Ok(None) = proc.try_wait() {
+        let pid = proc.id();
+        spawn(move || sys::reap(pid));
+    }
+}
+
 /// A started account switch whose child agent said hello.
 struct Switch {
     proc: std::process::Child,
@@ -736,11 +754,13 @@ fn adopt(switch: Switch, mut pending: Vec<u8>, hello: Hello, mut err: Vec<u8>) -
             *tail_w.lock().unwrap_or_else(|e| e.into_inner()) = err.clone();
         }
     });
+    LIVE.fetch_add(1, Ordering::Relaxed);
     spawn(move || {
         let reason = forward(id, &mut stdout, &mut pending);
         children().remove(&id);
         let _ = proc.wait();
         drop(tty);
+        LIVE.fetch_sub(1, Ordering::Relaxed);
         let said = text(&tail.lock().unwrap_or_else(|e| e.into_inner()));
         let reason = if said.is_empty() {
             reason

@@ -52,6 +52,14 @@ pub fn own_session(cmd: &mut Command, pty: bool) {
     };
 }
 
+/// Waits for child `pid` to end (it must be ours, and nobody else may reap
+/// it).
+pub fn reap(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid status pointer.
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+}
+
 /// Sends SIGKILL to process group `pgid`.
 pub fn kill_group(pgid: u32) {
     if pgid > 1 {

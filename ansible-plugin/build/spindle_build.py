@@ -53,15 +53,21 @@ def _tag():
 
 def _cargo(*args):
     cargo = os.environ.get("CARGO", "cargo")
-    subprocess.run([cargo, *args], cwd=ROOT, check=True, stdout=2)
+    if not os.path.isfile(os.path.join(ROOT, "Cargo.toml")):
+        raise RuntimeError("spindle-ansible builds from a Spindle checkout: no Cargo.toml in %s" % ROOT)
+    try:
+        subprocess.run([cargo, *args], cwd=ROOT, check=True, stdout=2)
+    except FileNotFoundError:
+        raise RuntimeError("building spindle-ansible needs cargo (Rust's build tool) on PATH") from None
 
 
 def _build():
     """Builds the agents and the release controller; returns (binary, agents dir)."""
     _cargo("xtask", "build-agents")
     _cargo("build", "--release", "--quiet", "--package", "spindle-controller")
-    target = os.path.join(ROOT, "target")
-    return os.path.join(target, "release", "spindle"), os.path.join(target, "agents")
+    # cargo honours CARGO_TARGET_DIR; xtask always writes target/agents.
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    return os.path.join(target, "release", "spindle"), os.path.join(ROOT, "target", "agents")
 
 
 def _files():
@@ -71,7 +77,8 @@ def _files():
     with open(os.path.join(agents, "manifest.json")) as f:
         json.load(f)  # a whole manifest, not a half-written one
     for entry in sorted(os.listdir(agents)):
-        files.append(("%s/agents/%s" % (NAME, entry), os.path.join(agents, entry)))
+        if entry == "manifest.json" or entry.startswith("spindle-agent-"):
+            files.append(("%s/agents/%s" % (NAME, entry), os.path.join(agents, entry)))
     for sub, dest in (
         ("spindle_ansible", NAME),
         ("connection_plugins", NAME + "/connection_plugins"),
@@ -123,7 +130,10 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
             b"[console_scripts]\nspindle = spindle_ansible.cli:main\n",
         )
         record.append(dist_info + "/RECORD,,\n")
-        whl.writestr(dist_info + "/RECORD", "".join(record))
+        info = zipfile.ZipInfo(dist_info + "/RECORD", date_time=(2020, 1, 1, 0, 0, 0))
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        whl.writestr(info, "".join(record))
     os.replace(tmp, os.path.join(wheel_directory, filename))
     return filename
 

@@ -14,15 +14,16 @@ from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNo
 from ansible.plugins.connection import ConnectionBase
 from ansible.plugins.connection import ssh as _ssh
 
-try:
-    # Installed as a package, or on PYTHONPATH.
-    from spindle_ansible import client as _client
-    from spindle_ansible import payload as _payload
-except ImportError:
-    # Used from a checkout: the package is next to this directory.
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from spindle_ansible import client as _client
-    from spindle_ansible import payload as _payload
+# The spindle_ansible package this file belongs to: in a checkout next to
+# this directory, in an installation the directory's own parent.
+_here = os.path.dirname(os.path.abspath(__file__))
+for _base in (os.path.dirname(_here), os.path.dirname(os.path.dirname(_here))):
+    if os.path.isfile(os.path.join(_base, "spindle_ansible", "client.py")):
+        if _base not in sys.path:
+            sys.path.insert(0, _base)
+        break
+from spindle_ansible import client as _client  # noqa: E402
+from spindle_ansible import payload as _payload  # noqa: E402
 
 DOCUMENTATION = _ssh.DOCUMENTATION.replace("name: ssh", "name: spindle", 1)
 
@@ -150,8 +151,6 @@ class Connection(ConnectionBase):
         prompts = []
         if method == "su":
             prompts = list(plugin.get_option("prompt_l10n") or plugin.SU_PROMPT_LOCALIZATIONS)
-        elif method == "doas":
-            prompts = list(plugin.get_option("prompt_l10n") or [])
         account = {
             "method": method,
             "prompts": prompts,

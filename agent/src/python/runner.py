@@ -7,10 +7,10 @@
 #    the agent; every message is one packet of JSON, with descriptors passed
 #    alongside (SCM_RIGHTS).
 # 2. {"op": "code", "hash": H} + [memfd]: a module bundle (the AnsiballZ zip)
-#    kept in the agent's memory. The ansible-core module_utils each bundle
-#    carries are imported here once, so forked children start warm; a
-#    task's module is compiled here on its first run and served to later
-#    children from that code (the `Compiled` finder).
+#    kept in the agent's memory. basic and ansible-core's internal
+#    module_utils are imported here once per bundle, so forked children
+#    start warm; a child evicts any it finds in another version in its own
+#    bundle (`stale`).
 # 3. {"op": "run", "id": N, ...} + [stdin, stdout, stderr]: fork a child that
 #    runs the module as the stock AnsiballZ wrapper would, with its standard
 #    streams on the given pipes; reply {"op": "started", "id", "pid"}, and
@@ -54,9 +54,11 @@ def ansible_packages():
 
 
 def warm(path):
-    # Import, once per bundle, the module_utils it carries (ansible-core's;
-    # a collection's may depend on the task), so forked children start with
-    # them loaded instead of importing them per task.
+    # Import, once per bundle, what forked children would otherwise import
+    # per task: basic, the loader, and ansible-core's own internals
+    # (module_utils/_internal: no availability flags, nothing a role or
+    # collection ships). Anything a bundle carries in another version is
+    # evicted again in that bundle's children (`stale`).
     import zipfile
     try:
         names = zipfile.ZipFile(path).namelist()
@@ -64,12 +66,11 @@ def warm(path):
         return
     wanted = ["ansible.module_utils.basic", "ansible.module_utils._internal._ansiballz._loader"]
     for name in names:
-        if name.startswith("ansible/module_utils/") and name.endswith(".py"):
+        if name.startswith("ansible/module_utils/_internal/") and name.endswith(".py"):
             mod = name[:-3].replace("/", ".")
             if mod.endswith(".__init__"):
                 mod = mod[: -len(".__init__")]
-            # distro reads the environment when imported.
-            if not mod.startswith(SKIP_WARM) and mod not in sys.modules:
+            if mod not in sys.modules:
                 wanted.append(mod)
     sys.path.insert(0, path)
     added = []
@@ -82,80 +83,55 @@ def warm(path):
     for name in wanted:
         try:
             __import__(name)
-        except Exception:
+        except BaseException:
             pass
     # Packages imported here keep this bundle on their path (as the first
-    # bundle's did before); those imported earlier are as they were.
+    # bundle's always did); those imported earlier are as they were.
     for mod, entry in added:
         if entry in mod.__path__:
             mod.__path__.remove(entry)
     sys.path.remove(path)
     sys.path_importer_cache.clear()
+    # Warnings raised while importing belong to no task.
+    warnings = sys.modules.get("ansible.module_utils.common.warnings")
+    for registry in ("_global_warnings", "_global_deprecations"):
+        getattr(warnings, registry, {}).clear()
+    note_warm()
 
 
-SKIP_WARM = ("ansible.module_utils.distro",)
+WARM = {}  # module -> (file inside its bundle, CRC) for modules loaded from one
+CRCS = {}  # bundle path -> {file: CRC}
 
 
-class Compiled(object):
-    # A meta path finder serving a task's module from code compiled once in
-    # the zygote: forked children then skip reading and compiling it.
-    # Everything else is left to the regular import system.
-    codes = {}  # (bundle hash, module name) -> (file name, code), or None
-    current = None  # the running task's bundle hash, set in the child
-
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        hit = cls.codes.get((cls.current, name))
-        if not hit:
-            return None
-        import importlib.util
-        return importlib.util.spec_from_file_location(name, hit[0], loader=CompiledLoader(name, hit))
-
-    @classmethod
-    def prepare(cls, bundle, path, fqn):
-        key = (bundle, fqn)
-        if key in cls.codes:
-            return
-        cls.codes[key] = None
+def crcs(path):
+    if path not in CRCS:
+        import zipfile
         try:
-            import zipimport
-            source = zipimport.zipimporter(path).get_source(fqn)
-            if source is None:
-                return
-            origin = path + "/" + fqn.replace(".", "/") + ".py"
-            cls.codes[key] = (origin, compile(source, origin, "exec", dont_inherit=True))
+            CRCS[path] = dict((i.filename, i.CRC) for i in zipfile.ZipFile(path).infolist())
         except Exception:
-            pass
+            CRCS[path] = {}
+    return CRCS[path]
 
 
-class CompiledLoader(object):
-    def __init__(self, name, hit):
-        self.name = name
-        self.origin, self.code = hit
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        exec(self.code, module.__dict__)
-
-    def get_code(self, fullname):
-        return self.code
-
-    def is_package(self, fullname):
-        return False
-
-    def get_filename(self, fullname):
-        return self.origin
-
-    def get_source(self, fullname):
-        import zipimport
-        archive = self.origin[: -len(fullname.replace(".", "/") + ".py") - 1]
-        return zipimport.zipimporter(archive).get_source(fullname)
+def note_warm():
+    paths = [p + "/" for p, _ in codes.values()]
+    for name, mod in list(sys.modules.items()):
+        origin = getattr(mod, "__file__", None) or ""
+        if name in WARM or not origin:
+            continue
+        for p in paths:
+            if origin.startswith(p):
+                inner = origin[len(p):]
+                WARM[name] = (inner, crcs(p[:-1]).get(inner))
+                break
 
 
-if sys.version_info >= (3, 4):
-    sys.meta_path.insert(0, Compiled)
+def stale(path):
+    # Modules the zygote holds that this bundle lacks or carries in
+    # another version: its children must import them afresh (or fail to,
+    # as a stock run would).
+    mine = crcs(path)
+    return [name for name, (inner, crc) in WARM.items() if mine.get(inner) != crc]
 
 
 def run_child(req, path, fds):
@@ -193,7 +169,14 @@ def run_child(req, path, fds):
         for name in req.get("unset") or ():
             os.environ.pop(name, None)
         os.environ.update(req.get("env") or {})
-        Compiled.current = req["hash"]
+        for name in req["stale"]:
+            sys.modules.pop(name, None)
+            parent, _, leaf = name.rpartition(".")
+            if parent in sys.modules and getattr(sys.modules[parent], leaf, None) is not None:
+                try:
+                    delattr(sys.modules[parent], leaf)
+                except AttributeError:
+                    pass
         if "TZ" in (req.get("env") or {}):
             import time
             time.tzset()
@@ -406,7 +389,7 @@ def handle(req, fds):
             send({"op": "error", "id": req["id"], "message": "code %s not loaded" % req["hash"]})
             return
         refresh_resolver()
-        Compiled.prepare(req["hash"], path, req["fqn"])
+        req["stale"] = stale(path)
         tmp = task_tmp(req)
         sys.stdout.flush()
         sys.stderr.flush()
