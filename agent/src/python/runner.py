@@ -59,13 +59,8 @@ def warm(path):
     # (module_utils/_internal: no availability flags, nothing a role or
     # collection ships). Anything a bundle carries in another version is
     # evicted again in that bundle's children (`stale`).
-    import zipfile
-    try:
-        names = zipfile.ZipFile(path).namelist()
-    except Exception:
-        return
     wanted = ["ansible.module_utils.basic", "ansible.module_utils._internal._ansiballz._loader"]
-    for name in names:
+    for name in crcs(path):
         if name.startswith("ansible/module_utils/_internal/") and name.endswith(".py"):
             mod = name[:-3].replace("/", ".")
             if mod.endswith(".__init__"):
@@ -101,6 +96,7 @@ def warm(path):
 
 WARM = {}  # module -> (file inside its bundle, CRC) for modules loaded from one
 CRCS = {}  # bundle path -> {file: CRC}
+STALE = {}  # bundle path -> stale(path), until WARM grows
 
 
 def crcs(path):
@@ -123,6 +119,7 @@ def note_warm():
             if origin.startswith(p):
                 inner = origin[len(p):]
                 WARM[name] = (inner, crcs(p[:-1]).get(inner))
+                STALE.clear()
                 break
 
 
@@ -130,8 +127,10 @@ def stale(path):
     # Modules the zygote holds that this bundle lacks or carries in
     # another version: its children must import them afresh (or fail to,
     # as a stock run would).
-    mine = crcs(path)
-    return [name for name, (inner, crc) in WARM.items() if mine.get(inner) != crc]
+    if path not in STALE:
+        mine = crcs(path)
+        STALE[path] = [name for name, (inner, crc) in WARM.items() if mine.get(inner) != crc]
+    return STALE[path]
 
 
 def run_child(req, path, fds):
