@@ -82,6 +82,7 @@ def _files():
     for sub, dest in (
         ("spindle_ansible", NAME),
         ("connection_plugins", NAME + "/connection_plugins"),
+        ("serve_ssh", NAME + "/serve_ssh"),
         ("strategy_plugins", NAME + "/strategy_plugins"),
     ):
         src = os.path.join(HERE, sub)

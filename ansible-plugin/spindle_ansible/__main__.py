@@ -8,11 +8,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main():
     print("[defaults]")
-    print("connection_plugins = %s" % os.path.join(HERE, "connection_plugins"))
-    print("strategy_plugins = %s" % os.path.join(HERE, "strategy_plugins"))
-    print("# then either, for every ssh host:")
-    print("strategy = spindle_linear")
-    print("# or, per host or group: ansible_connection=spindle")
+    print("# every host whose connection is ssh (the default), any strategy:")
+    print("connection_plugins = %s" % os.path.join(HERE, "serve_ssh"))
+    print("# or only hosts with ansible_connection=spindle (or `transport = spindle`):")
+    print("# connection_plugins = %s" % os.path.join(HERE, "connection_plugins"))
+    print("# or the strategy switch (deprecated by ansible-core since 2.19):")
+    print("# connection_plugins = %s" % os.path.join(HERE, "connection_plugins"))
+    print("# strategy_plugins = %s" % os.path.join(HERE, "strategy_plugins"))
+    print("# strategy = spindle_linear")
 
 
 if __name__ == "__main__":

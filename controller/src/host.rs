@@ -51,6 +51,9 @@ pub struct Controller {
     pub max_accounts: usize,
 }
 
+/// How long [`Host::retire_user`] waits for a child agent to end.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Default for [`Controller::max_accounts`].
 pub const MAX_ACCOUNTS: usize = 8;
 
@@ -109,6 +112,9 @@ pub struct BecomeSpec {
     pub password: Option<String>,
     /// For su: the words its password prompt may hold.
     pub prompts: Vec<String>,
+    /// How long the switch may take (Ansible's `timeout` for the task);
+    /// the host's connect timeout if `None`.
+    pub timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for BecomeSpec {
@@ -232,7 +238,9 @@ impl Host {
         let Some(b) = account else {
             return self.link().await;
         };
-        if b.method == "sudo" {
+        // sudo's grammar holds for sudo itself; a program of the user's
+        // standing in for it (a wrapper) gets its flags as given.
+        if b.method == "sudo" && b.exe.rsplit('/').next() == Some("sudo") {
             crate::become_flags::check_sudo(&b.flags).map_err(Error::Local)?;
         }
         let digest = b.password.as_ref().map(|p| {
@@ -285,7 +293,7 @@ impl Host {
             password: b.password.as_ref().map(|p| p.as_bytes().to_vec().into()),
             prompts: b.prompts.clone(),
             agent: agent.map(Into::into),
-            timeout_ms: self.connect_timeout.as_millis() as u64,
+            timeout_ms: b.timeout.unwrap_or(self.connect_timeout).as_millis() as u64,
         };
         let xz = || {
             self.agents
@@ -306,6 +314,24 @@ impl Host {
         configure(&link).await?;
         accounts.insert(key, (link.clone(), std::time::Instant::now()));
         Ok(link)
+    }
+
+    /// Ends the idle child agents running as `user` and waits until they
+    /// are gone. A task about to remove or change that account (`userdel`,
+    /// `usermod`) would otherwise find processes of it still running, which
+    /// it never does in a stock run. A busy one is left alone.
+    pub async fn retire_user(&self, user: &str) {
+        let mut accounts = self.accounts.lock().await;
+        let idle: Vec<AccountKey> = accounts
+            .iter()
+            .filter(|(k, (l, _))| k.3 == user && !l.is_busy() && Arc::strong_count(l) == 1)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in idle {
+            if let Some((link, _)) = accounts.remove(&key) {
+                link.end_child_and_wait(RETIRE_WAIT).await;
+            }
+        }
     }
 
     /// Runs a command as `account` (the login account for `None`).

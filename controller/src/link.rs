@@ -79,6 +79,9 @@ struct Shared {
     close: tokio::sync::Notify,
     /// Child agents reached through this one, by the agent's number.
     children: Mutex<HashMap<u32, Arc<Shared>>>,
+    /// For a child agent: signalled once its parent reports its process
+    /// gone (or the parent itself dies).
+    gone: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -105,6 +108,7 @@ impl Shared {
             std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
         for (_, child) in children {
             child.die(reason.clone());
+            child.gone.notify_one();
         }
     }
 
@@ -269,6 +273,7 @@ impl Link {
             next_id: AtomicU64::new(1),
             close: tokio::sync::Notify::new(),
             children: Mutex::default(),
+            gone: tokio::sync::Notify::new(),
         });
         tokio::spawn(write_loop(stdin, queue, shared.clone()).in_current_span());
         tokio::spawn(read_loop(stdout, rest, shared.clone(), stderr_tail).in_current_span());
@@ -294,6 +299,7 @@ impl Link {
             next_id: AtomicU64::new(1),
             close: tokio::sync::Notify::new(),
             children: Mutex::default(),
+            gone: tokio::sync::Notify::new(),
         });
         parent
             .shared
@@ -396,6 +402,16 @@ impl Link {
                 .shared
                 .send(&ToAgent::EndChild { child: *child })
                 .await;
+        }
+    }
+
+    /// As [`Link::end_child`], then waits (at most `wait`) until the parent
+    /// agent reports the child gone: by then the child agent and the
+    /// interpreters it ran have ended.
+    pub async fn end_child_and_wait(&self, wait: std::time::Duration) {
+        if self.parent.is_some() {
+            self.end_child().await;
+            let _ = tokio::time::timeout(wait, self.shared.gone.notified()).await;
         }
     }
 
@@ -848,6 +864,7 @@ fn route(shared: &Shared, msg: FromAgent) -> std::result::Result<(), String> {
             if let Some(c) = shared.forget_child(child) {
                 c.die(reason);
                 c.close.notify_one();
+                c.gone.notify_one();
             }
         }
         FromAgent::Hello(_) => return Err("agent sent a second hello".into()),

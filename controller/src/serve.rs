@@ -189,7 +189,7 @@ fn unb64(v: &Value, what: &str) -> Result<Vec<u8>, Error> {
 
 /// The `become` part of a request: `{"method", "exe", "flags": [..],
 /// "user", "password", "prompts": [..]}`, or null.
-fn become_spec(v: &Value) -> Result<Option<BecomeSpec>, Error> {
+fn become_spec(v: &Value, timeout: Option<Duration>) -> Result<Option<BecomeSpec>, Error> {
     if v.is_null() {
         return Ok(None);
     }
@@ -210,6 +210,7 @@ fn become_spec(v: &Value) -> Result<Option<BecomeSpec>, Error> {
         user: field(v, "user")?.to_owned(),
         password: v["password"].as_str().map(str::to_owned),
         prompts: words(&v["prompts"]),
+        timeout,
     }))
 }
 
@@ -223,8 +224,15 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
     let spec: TargetSpec = serde_json::from_value(req["target"].clone())
         .map_err(|e| Error::Local(format!("bad target: {e}")))?;
     let host: Arc<Host> = controller.host(spec.target());
-    let account = become_spec(&req["become"])?;
+    let account = become_spec(&req["become"], spec.timeout.map(Duration::from_secs))?;
     let account = account.as_ref();
+    // Accounts the request is about to remove or change: their idle child
+    // agents end first (see `Host::retire_user`).
+    for user in req["retire_users"].as_array().into_iter().flatten() {
+        if let Some(user) = user.as_str() {
+            host.retire_user(user).await;
+        }
+    }
     // The account's link, held for the whole request so that a child agent
     // in use is never the one ended to make room for another.
     let mut _held = None;

@@ -33,6 +33,7 @@ fn pip_installs_a_working_spindle() -> Result<()> {
         "bin/spindle",
         "agents/manifest.json",
         "connection_plugins/spindle.py",
+        "serve_ssh/ssh.py",
     ] {
         ensure!(pkg.join(shipped).is_file(), "the wheel lacks {shipped}");
     }
@@ -43,16 +44,19 @@ fn pip_installs_a_working_spindle() -> Result<()> {
         .env("PYTHONPATH", &dir)
         .output()?;
     let cfg = String::from_utf8(cfg.stdout)?;
-    let plugins = pkg.join("connection_plugins");
+    let plugins = pkg.join("serve_ssh");
     ensure!(
-        cfg.contains(&format!("connection_plugins = {}", plugins.display())),
+        cfg.contains(&format!("connection_plugins = {}\n", plugins.display())),
         "python -m spindle_ansible said:\n{cfg}"
     );
 
+    // The inventory's hosts use ssh: with `serve_ssh` among the connection
+    // plugins, Spindle serves them (the stock plugin would log its own
+    // `ESTABLISH SSH CONNECTION` at -vvv).
     let run = Command::new(venv().join("bin/ansible"))
         .arg("-i")
         .arg(&tb.inventory)
-        .args(["sp1", "-c", "spindle", "-m", "command", "-a", "hostname"])
+        .args(["sp1", "-vvv", "-m", "command", "-a", "hostname"])
         .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
         // The plugin finds its package from where it lies: no PYTHONPATH.
         .env("ANSIBLE_CONNECTION_PLUGINS", &plugins)
@@ -62,7 +66,9 @@ fn pip_installs_a_working_spindle() -> Result<()> {
         .output()?;
     let text = String::from_utf8_lossy(&run.stdout);
     ensure!(
-        run.status.success() && text.contains("CHANGED | rc=0 >>\nsp1"),
+        run.status.success()
+            && text.contains("CHANGED | rc=0 >>\nsp1")
+            && !text.contains("ESTABLISH SSH CONNECTION"),
         "ansible through the installed Spindle:\n{text}{}",
         String::from_utf8_lossy(&run.stderr)
     );
