@@ -17,9 +17,12 @@ import shlex
 import ansible.plugins.connection
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
 
 from spindle_ansible import client as _client
 from spindle_ansible import payload as _payload
+
+display = Display()
 
 
 def _load_builtin_ssh():
@@ -95,15 +98,18 @@ class Connection(ConnectionBase):
         self._stock_args = (play_context, args, kwargs)
 
     def _stock_ssh(self):
-        """Ansible's ssh connection with this one's settings, made on first
-        use: for commands whose become wrapping Spindle does not serve."""
+        """Ansible's ssh connection with this one's current settings and
+        become plugin (made on first use): for commands whose become
+        wrapping Spindle does not serve. Steps sent without waiting are
+        settled first: the command may need the files they made."""
+        self._call({"op": "hello"})
         if self._stock is None:
             play_context, args, kwargs = self._stock_args
-            stock = _BUILTIN_SSH.Connection(play_context, *args, **kwargs)
-            stock._load_name = "ssh"
-            stock._options = dict(self._options)
-            stock.set_become_plugin(self.become)
-            self._stock = stock
+            self._stock = _BUILTIN_SSH.Connection(play_context, *args, **kwargs)
+            self._stock._load_name = "ssh"
+        self._stock._play_context = self._play_context
+        self._stock._options = dict(self._options)
+        self._stock.set_become_plugin(self.become)
         return self._stock
 
     def get_option(self, option, hostvars=None):
@@ -136,22 +142,56 @@ class Connection(ConnectionBase):
             "password": self.get_option("password") or None,
         }
 
+    def _host(self):
+        return self.get_option("host") or self._play_context.remote_addr
+
     def _connect(self):
         if self._client is None:
             self._client = _client.Client()
+        if not self._connected:
+            display.vvv(
+                "ESTABLISH SPINDLE CONNECTION FOR USER: %s" % self.get_option("remote_user"),
+                host=self._host(),
+            )
         self._connected = True
         return self
 
     def _call(self, request):
         request["target"] = self._target()
         try:
-            return self._client.call(request)
+            reply = self._client.call(request)
         except _client.ControllerError as e:
             if e.unreachable:
                 raise AnsibleConnectionFailure(str(e))
             if e.plain:
                 raise AnsibleError(str(e))
             raise AnsibleError("spindle: %s" % e)
+        failed = reply.get("deferred")
+        if failed is None:
+            return reply
+        # A step sent without waiting failed: report it as Ansible reports
+        # that step, where the task would have stopped.
+        out, err = _client.unb64(failed["stdout"]).decode(errors="replace"), _client.unb64(failed["stderr"]).decode(errors="replace")
+        rc = failed["rc"]
+        if failed["step"] == "chmod":
+            raise AnsibleError("Failed to set permissions on remote files (rc: {0}, err: {1})".format(rc, err))
+        if rc == 5:
+            output = "Authentication failure."
+        elif "No space left on device" in err:
+            output = err
+        else:
+            command = _shell_script(failed["cmd"]) or failed["cmd"]
+            output = (
+                "Failed to create temporary directory. "
+                "In some cases, you may have been able to authenticate and did not have permissions on the target directory. "
+                'Consider changing the remote tmp path in ansible.cfg to a path rooted in "/tmp", for more error information use -vvv. '
+                "Failed command was: %s, exited with result %d" % (command.rsplit(" && sleep 0", 1)[0], rc)
+            )
+        if out:
+            output += ", stdout output: %s" % out
+        if display.verbosity > 3 and err:
+            output += ", stderr output: %s" % err
+        raise AnsibleConnectionFailure(output)
 
     def set_become_plugin(self, plugin):
         super().set_become_plugin(plugin)
@@ -205,6 +245,40 @@ class Connection(ConnectionBase):
             return "%s -c %s" % (words[0], shlex.quote(inner)), account
         return cmd, None
 
+    def _known_outcome(self, cmd):
+        """(rc, stdout, stderr) of a command whose outcome is known without
+        waiting for it: `echo ~` (the agent's hello has the login account's
+        home), or one of Ansible's temp dir steps (_DEFERRED), which the
+        controller runs in order in the background; None otherwise."""
+        inner = _shell_script(cmd)
+        if inner is None:
+            return None
+        m = _ECHO_HOME.fullmatch(inner)
+        if m:
+            hello = self._call({"op": "hello"})
+            if m.group(1) in ("", hello["user"]) and hello.get("home", "").startswith("/"):
+                display.vvv("SPINDLE: %s (from the agent's hello)" % inner, host=self._host())
+                return 0, (hello["home"] + "\n").encode(), b""
+            return None
+        for step, pattern, stdout in _DEFERRED:
+            if step == "chmod" and self._becoming_unprivileged():
+                # Then Ansible's chmod follows a failed setfacl, and its
+                # failure has words of its own: not worth predicting.
+                continue
+            m = pattern.fullmatch(inner)
+            if m and all(_TASK_TMP in p for p in m.group("paths").split(" ")):
+                display.vvv("SPINDLE: EXEC %s (not waiting)" % cmd, host=self._host())
+                self._call({"op": "exec", "cmd": cmd, "stdin": None, "become": None, "defer": step})
+                return 0, stdout(m).encode(), b""
+        return None
+
+    def _becoming_unprivileged(self):
+        plugin = self.become
+        if plugin is None:
+            return False
+        user = _option(plugin, "become_user") or "root"
+        return user not in ("root", self.get_option("remote_user"))
+
     def _wrapped_by_become(self, cmd):
         """Whether `cmd` carries the current become plugin's wrapping."""
         success = getattr(self.become, "success", None) if self.become is not None else None
@@ -242,26 +316,47 @@ class Connection(ConnectionBase):
         cmd, account = self._unwrap_become(cmd)
         if account is None and self._wrapped_by_become(cmd):
             return self._stock_ssh().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        if account is None and in_data is None:
+            known = self._known_outcome(cmd)
+            if known is not None:
+                return known
         module = _pipelined_module(cmd, in_data) if in_data else None
+        as_user = " AS %s (%s)" % (account["user"], account["method"]) if account else ""
         if module is not None:
             python, env, parts = module
+            display.vvv("SPINDLE: MODULE %s WITH %s%s" % (parts["fqn"], python, as_user), host=self._host())
             parts["zip"] = _client.b64(parts["zip"])
             request = {"op": "module", "python": python, "env": env, "module": parts}
             request["retire_users"] = _accounts_changed(parts)
         else:
+            display.vvv("SPINDLE: EXEC %s%s" % (cmd, as_user), host=self._host())
             request = {"op": "exec", "cmd": cmd, "stdin": _client.b64(in_data) if in_data else None}
         request["become"] = account
         reply = self._call(request)
-        return reply["rc"], _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
+        stdout, stderr = _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
+        display.vvvvv("SPINDLE: (%d, %r, %r)" % (reply["rc"], stdout, stderr), host=self._host())
+        return reply["rc"], stdout, stderr
 
     def put_file(self, in_path, out_path):
         super().put_file(in_path, out_path)
         if not os.path.exists(in_path):
             raise AnsibleFileNotFound("file or module does not exist: %s" % in_path)
+        if _TASK_TMP in out_path and os.path.getsize(in_path) <= _INLINE_PUT:
+            # Into a task's temp dir, small: the bytes travel in the request,
+            # which is sent without waiting (a failure fails the task's next
+            # step).
+            with open(in_path, "rb") as f:
+                data = f.read(_INLINE_PUT + 1)
+            if len(data) <= _INLINE_PUT:
+                display.vvv("SPINDLE: PUT %s TO %s (not waiting)" % (in_path, out_path), host=self._host())
+                self._call({"op": "put", "dst": out_path, "data": _client.b64(data), "defer": "put"})
+                return
+        display.vvv("SPINDLE: PUT %s TO %s" % (in_path, out_path), host=self._host())
         self._call({"op": "put", "src": in_path, "dst": out_path})
 
     def fetch_file(self, in_path, out_path):
         super().fetch_file(in_path, out_path)
+        display.vvv("SPINDLE: FETCH %s TO %s" % (in_path, out_path), host=self._host())
         self._call({"op": "fetch", "src": in_path, "dst": out_path})
 
     def reset(self):
@@ -302,6 +397,54 @@ def _watch(plugin):
     plugin._spindle_watched = True
 
 
+# Paths Spindle's known-outcome commands may name: only characters no shell
+# treats specially.
+_PATH = r"/[A-Za-z0-9_.,:@%+=/-]*"
+# Every path of a deferred step lies in a task's temp dir.
+_TASK_TMP = "/ansible-tmp-"
+# Largest file put_file sends inline, without waiting.
+_INLINE_PUT = 256 << 10
+# ansible-core up to 2.20 appends ` && sleep 0` to every command; 2.21 not.
+_SLEEP = r"(?: && sleep 0)?"
+_ECHO_HOME = re.compile(r"echo ~([A-Za-z0-9_.-]*)" + _SLEEP)
+
+# Ansible's temp dir steps for a task, as the sh shell plugin words them:
+# (step, the script inside `/bin/sh -c '…'`, its output). Their outcome is
+# known in advance, so they are sent without waiting (the controller keeps
+# them in order and reports a failure at the next request).
+_DEFERRED = (
+    (
+        "mkdir",
+        re.compile(
+            r'\( umask 77 && mkdir -p "` echo (?P<base>%s) `"&& mkdir "` echo (?P<paths>(?P=base)/(?P<name>ansible-tmp-[A-Za-z0-9_.-]+)) `" '
+            r'&& echo (?P=name)="` echo (?P=paths) `" \)' % _PATH + _SLEEP
+        ),
+        lambda m: "%s=%s\n" % (m.group("name"), m.group("paths")),
+    ),
+    (
+        "chmod",
+        re.compile(r"chmod u\+[rwx]+ (?P<paths>%s(?: %s)*)" % (_PATH, _PATH) + _SLEEP),
+        lambda m: "",
+    ),
+    (
+        "rm",
+        re.compile(r"rm -f -r (?P<paths>%s) > /dev/null 2>&1" % _PATH + _SLEEP),
+        lambda m: "",
+    ),
+)
+
+
+def _shell_script(cmd):
+    """The script of `SHELL -c 'SCRIPT'`, or None."""
+    try:
+        words = shlex.split(cmd)
+    except ValueError:
+        return None
+    if len(words) != 3 or words[1] != "-c" or not words[0].startswith("/"):
+        return None
+    return words[2]
+
+
 # Modules that remove or change accounts. A child agent of Spindle's running
 # as such an account would be a process of it, which `userdel` and `usermod`
 # refuse to work with, and which a stock run never leaves between tasks: the
@@ -323,8 +466,9 @@ def _accounts_changed(parts):
 
 def _pipelined_module(cmd, in_data):
     """(python, env, split payload) when `cmd` is Ansible's pipelined module
-    command (`/bin/sh -c '[VAR=value ...] PYTHON && sleep 0'`) and the data
-    an AnsiballZ wrapper; None otherwise (then it runs as a plain command)."""
+    command (`/bin/sh -c '[VAR=value ...] PYTHON && sleep 0'`; ansible-core
+    2.21 leaves out ` && sleep 0`) and the data an AnsiballZ wrapper; None
+    otherwise (then it runs as a plain command)."""
     try:
         outer = shlex.split(cmd)
         if len(outer) != 3 or outer[1] != "-c" or not outer[0].endswith("sh"):
@@ -332,9 +476,11 @@ def _pipelined_module(cmd, in_data):
         words = shlex.split(outer[2])
     except ValueError:
         return None
-    if words[-3:] != ["&&", "sleep", "0"] or len(words) < 4:
+    if words[-3:] == ["&&", "sleep", "0"]:
+        words = words[:-3]
+    if not words or any(w in ("&&", "||", ";", "|") for w in words):
         return None
-    *assignments, python = words[:-3]
+    *assignments, python = words
     env = {}
     for a in assignments:
         name, eq, value = a.partition("=")

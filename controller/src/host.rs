@@ -112,7 +112,8 @@ pub struct BecomeSpec {
     pub password: Option<String>,
     /// For su: the words its password prompt may hold.
     pub prompts: Vec<String>,
-    /// How long the switch may take (Ansible's `timeout` for the task);
+    /// How long the switch may take (the connection's `timeout`, which a
+    /// task may set, as for the ssh plugin's become prompt);
     /// the host's connect timeout if `None`.
     pub timeout: Option<Duration>,
 }

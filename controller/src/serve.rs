@@ -14,6 +14,16 @@
 //! 4. Peers must run as our own user (checked with `SO_PEERCRED`). The
 //!    daemon exits when its parent process is gone, taking every SSH
 //!    connection (and so every agent) with it.
+//! 5. A request marked `"defer": "<step>"` (a step whose outcome the
+//!    plugin can predict: making or removing a task's temp dir, a chmod, a
+//!    small file put into it with its bytes in the request) is
+//!    answered at once with status 0 and run in the background, after the
+//!    connection's earlier deferred steps. The connection's next ordinary
+//!    request waits for them first; if one failed, that request is not run
+//!    and its reply carries `"deferred": {"step", "cmd", "rc", "stdout",
+//!    "stderr"}` (or `"error"` for a step that could not run), so the plugin
+//!    raises what Ansible would have raised for the step. Steps still
+//!    running when the run ends are finished before the daemon exits.
 
 use crate::host::{BecomeSpec, Controller, Module, Target};
 use crate::transport::{Destination, Password, SshOptions, Transport};
@@ -30,6 +40,40 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// Largest request accepted from the plugin: module bundles travel inline.
 const MAX_REQUEST: usize = 64 << 20;
+
+/// How long the daemon, its parent gone, waits for deferred steps.
+const DEFERRED_GRACE: Duration = Duration::from_secs(30);
+
+/// A deferred step's outcome: `None` if it succeeded, else the reply that
+/// describes its failure.
+type Deferred = tokio::task::JoinHandle<Option<Value>>;
+
+/// Deferred steps of every connection that have not finished yet.
+#[derive(Default)]
+struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// One deferred step counted in [`InFlight`] until dropped (a panicking
+/// step included).
+struct Counted(Arc<InFlight>);
+
+impl InFlight {
+    fn enter(me: Arc<InFlight>) -> Counted {
+        me.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(me)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.done.notify_waiters();
+    }
+}
 
 /// How the plugin describes a target: the ssh settings Ansible resolved.
 #[derive(Deserialize)]
@@ -84,6 +128,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listener = UnixListener::bind(socket)?;
     let controller = Arc::new(controller);
+    let in_flight = Arc::new(InFlight::default());
     let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
     tracing::info!(socket = %socket.display(), ?parent_pid, "serving");
     let parent_gone = async {
@@ -111,14 +156,30 @@ pub async fn serve(
                     }
                 }
                 let controller = controller.clone();
+                let in_flight = in_flight.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = client(stream, &controller).await {
+                    if let Err(e) = client(stream, controller, in_flight).await {
                         tracing::debug!("plugin connection ended: {e}");
                     }
                 });
             }
         }
     }
+    // Finish the deferred steps (a last task's temp dir removal, say).
+    let _ = tokio::time::timeout(DEFERRED_GRACE, async {
+        loop {
+            // Registered before the check, so a step ending in between
+            // still wakes us.
+            let done = in_flight.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if in_flight.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                break;
+            }
+            done.await;
+        }
+    })
+    .await;
     // The lock file the plugin used to start us, and our log if empty.
     let _ = std::fs::remove_file(socket);
     let _ = std::fs::remove_file(socket.with_extension("sock.lock"));
@@ -129,7 +190,14 @@ pub async fn serve(
     Ok(())
 }
 
-async fn client(mut stream: UnixStream, controller: &Controller) -> anyhow::Result<()> {
+async fn client(
+    mut stream: UnixStream,
+    controller: Arc<Controller>,
+    in_flight: Arc<InFlight>,
+) -> anyhow::Result<()> {
+    // The last deferred step of this connection (it waits for the ones
+    // before it).
+    let mut deferred: Option<Deferred> = None;
     loop {
         let mut header = [0u8; 4];
         match stream.read_exact(&mut header).await {
@@ -142,9 +210,27 @@ async fn client(mut stream: UnixStream, controller: &Controller) -> anyhow::Resu
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
         let reply = match serde_json::from_slice::<Value>(&body) {
-            Ok(req) => handle(controller, req)
-                .await
-                .unwrap_or_else(|e| error_reply(&e)),
+            Ok(req) if req["defer"].is_string() => {
+                let earlier = deferred.take();
+                let controller = controller.clone();
+                let in_flight = in_flight.clone();
+                let counted = InFlight::enter(in_flight.clone());
+                deferred = Some(tokio::spawn(async move {
+                    let _counted = counted;
+                    // After a failure, later steps do not run.
+                    match settle(earlier).await {
+                        Some(failure) => Some(failure),
+                        None => deferred_step(&controller, req).await,
+                    }
+                }));
+                json!({"rc": 0, "stdout": "", "stderr": ""})
+            }
+            Ok(req) => match settle(deferred.take()).await {
+                Some(failure) => failure,
+                None => handle(&controller, req)
+                    .await
+                    .unwrap_or_else(|e| error_reply(&e)),
+            },
             Err(e) => json!({"error": format!("malformed request: {e}"), "unreachable": false}),
         };
         let bytes = serde_json::to_vec(&reply)?;
@@ -152,6 +238,38 @@ async fn client(mut stream: UnixStream, controller: &Controller) -> anyhow::Resu
             .write_all(&(bytes.len() as u32).to_be_bytes())
             .await?;
         stream.write_all(&bytes).await?;
+    }
+}
+
+/// Waits for a connection's last deferred step; the failure it reports, if
+/// any.
+async fn settle(step: Option<Deferred>) -> Option<Value> {
+    match step?.await {
+        Ok(outcome) => outcome,
+        Err(e) => Some(json!({"error": format!("a step sent without waiting was lost: {e}")})),
+    }
+}
+
+/// Runs a deferred step; `None` if it succeeded, else the reply that
+/// reports it to the connection's next request. Removing a temp dir is
+/// never reported: Ansible only warns when that fails, after the task.
+async fn deferred_step(controller: &Controller, req: Value) -> Option<Value> {
+    let step = req["defer"].clone();
+    let cmd = req["cmd"].clone();
+    if step == "rm" {
+        let _ = handle(controller, req).await;
+        return None;
+    }
+    match handle(controller, req).await {
+        Ok(out) if out["rc"] == 0 || out["rc"].is_null() => None,
+        Ok(out) => Some(json!({"deferred": {
+            "step": step,
+            "cmd": cmd,
+            "rc": out["rc"],
+            "stdout": out["stdout"],
+            "stderr": out["stderr"],
+        }})),
+        Err(e) => Some(error_reply(&e)),
     }
 }
 
@@ -265,8 +383,10 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             // (that account's shell may well be nologin).
             let login = host.link().await?;
             // It may install or remove interpreters: discovery must look
-            // again (see "hello").
-            login.note_command();
+            // again (see "hello"). Not so Ansible's temp dir steps.
+            if req["defer"].is_null() {
+                login.note_command();
+            }
             let shell = match (account, login.hello().shell.as_str()) {
                 (Some(_), _) | (None, "") => "/bin/sh",
                 (None, s) => s,
@@ -311,8 +431,16 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             )
         }
         "put" => {
-            let src = PathBuf::from(field(&req, "src")?);
-            host.put_path(&src, Put::new(field(&req, "dst")?)).await?;
+            let put = Put::new(field(&req, "dst")?);
+            if req["data"].is_string() {
+                // A small file the plugin read itself (so that it may be
+                // sent without waiting: the local file may be gone by then).
+                let data = unb64(&req["data"], "data")?;
+                host.put(&data[..], data.len() as u64, put).await?;
+            } else {
+                host.put_path(&PathBuf::from(field(&req, "src")?), put)
+                    .await?;
+            }
             Ok(json!({}))
         }
         "fetch" => {
@@ -333,7 +461,7 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             } else {
                 h.probes.iter().map(|p| json!([p.name, p.path])).collect()
             };
-            Ok(json!({"user": h.user, "pythons": h.pythons, "probes": probes}))
+            Ok(json!({"user": h.user, "home": h.home, "pythons": h.pythons, "probes": probes}))
         }
         "reset" => {
             host.disconnect().await;
