@@ -149,7 +149,6 @@ pub fn start(mut req: Become, control: &Control) -> Result<Child, WireError> {
 
 fn sudo(req: &Become, deadline: Instant, control: &Control) -> Result<Child, WireError> {
     let interactive = |f: &str| f == "-n" || f == "--non-interactive";
-    let command = |flags: &[String]| as_user(req, flags);
     // `-k`: never use credentials sudo cached for this agent, as a stock
     // run's fresh session has none.
     let mut quiet: Vec<String> = req.flags.clone();
@@ -157,11 +156,26 @@ fn sudo(req: &Become, deadline: Instant, control: &Control) -> Result<Child, Wir
     if !quiet.iter().any(|f| interactive(f)) {
         quiet.push("-n".into());
     }
-    let first = quietly(req, command(&quiet), deadline, control);
-    let need = match first {
-        Ok(c) => return Ok(c),
-        Err(Failure::Error(e)) => return Err(e),
-        Err(Failure::NeedsPassword(why)) => why,
+    // Under sudoers' `requiretty` sudo refuses to run without a terminal:
+    // then every try gets a pseudo-terminal of ours as its controlling
+    // terminal (stdin, stdout and stderr stay pipes).
+    let mut terminal = false;
+    let run = |flags: &[String], prompt: &Prompt, terminal: bool| {
+        let mut cmd = as_user(req, flags);
+        let tty = if terminal {
+            Some(with_terminal(&mut cmd, false)?)
+        } else {
+            None
+        };
+        attempt(req, cmd, prompt, None, tty, deadline, control)
+    };
+    let need = loop {
+        match run(&quiet, &Prompt::None, terminal) {
+            Ok(c) => return Ok(c),
+            Err(Failure::Error(e)) if !terminal && e.message.contains(NO_TTY) => terminal = true,
+            Err(Failure::Error(e)) => return Err(e),
+            Err(Failure::NeedsPassword(why)) => break why,
+        }
     };
     let Some(password) = req.password.as_ref() else {
         out::log(LogLevel::Debug, format!("sudo: {}", need.trim()));
@@ -177,13 +191,16 @@ fn sudo(req: &Become, deadline: Instant, control: &Control) -> Result<Child, Wir
     let prompt = prompt();
     asking.extend(["-k".into(), "-S".into(), "-p".into(), prompt.clone()]);
     let typed = Prompt::Exact(prompt, password.as_ref());
-    match attempt(req, command(&asking), &typed, None, None, deadline, control) {
+    match run(&asking, &typed, terminal) {
         Ok(c) => Ok(c),
         Err(Failure::Error(e)) => Err(e),
         // Asked again although we answered: the password was not taken.
         Err(Failure::NeedsPassword(_)) => Err(incorrect("sudo")),
     }
 }
+
+/// What sudo says under `requiretty` without a terminal.
+const NO_TTY: &str = "you must have a tty to run sudo";
 
 fn su(req: &Become, deadline: Instant, control: &Control) -> Result<Child, WireError> {
     let marker = format!("spindle-su-{}-ready", std::process::id());
@@ -271,11 +288,9 @@ fn doas(req: &Become, deadline: Instant, control: &Control) -> Result<Child, Wir
     }
     // doas reads a password from its controlling terminal only: a
     // pseudo-terminal of ours, while its standard streams stay pipes.
-    let (master, slave) =
-        sys::openpty().map_err(|e| io_error("opening a pseudo-terminal for doas", e))?;
     let flags: Vec<String> = req.flags.iter().filter(|f| *f != "-n").cloned().collect();
     let mut cmd = command(&flags);
-    sys::controlling_tty(&mut cmd, slave.as_raw_fd());
+    let tty = with_terminal(&mut cmd, true)?;
     let default = ["password".to_owned()];
     let words = if req.prompts.is_empty() {
         &default[..]
@@ -283,10 +298,6 @@ fn doas(req: &Become, deadline: Instant, control: &Control) -> Result<Child, Wir
         &req.prompts[..]
     };
     let typed = Prompt::Words(words, req.password.as_ref().map(|p| p.as_ref()));
-    let tty = Tty {
-        master: File::from(master),
-        _slave: slave,
-    };
     match attempt(req, cmd, &typed, None, Some(tty), deadline, control) {
         Ok(c) => Ok(c),
         Err(Failure::Error(e)) => Err(e),
@@ -303,6 +314,21 @@ struct Tty {
     /// Held while the switch starts: with no slave end open (before the
     /// switch opens its terminal) the master would only read EIO.
     _slave: std::os::fd::OwnedFd,
+    /// Whether the switch prompts there (doas). sudo under `requiretty`
+    /// only wants a terminal to exist; with `-S` it still prompts on
+    /// stderr and reads stdin.
+    prompts: bool,
+}
+
+/// `cmd` with a new pseudo-terminal as its controlling terminal.
+fn with_terminal(cmd: &mut Command, prompts: bool) -> Result<Tty, WireError> {
+    let (master, slave) = sys::openpty().map_err(|e| io_error("opening a pseudo-terminal", e))?;
+    sys::controlling_tty(cmd, slave.as_raw_fd());
+    Ok(Tty {
+        master: File::from(master),
+        _slave: slave,
+        prompts,
+    })
 }
 
 /// What the account switch may ask, and the answer.
@@ -386,7 +412,8 @@ fn attempt(
     };
     // The password goes to the terminal if there is one, else to stdin
     // ahead of the stage lines.
-    let stage_first = marker.is_none() && (matches!(prompt, Prompt::None) || tty.is_some());
+    let prompts_on_tty = tty.as_ref().is_some_and(|t| t.prompts);
+    let stage_first = marker.is_none() && (matches!(prompt, Prompt::None) || prompts_on_tty);
     if stage_first {
         if let Err(e) = stdin.write_all(&preamble) {
             return fail(&mut proc, io_error(&what, e).into());
@@ -398,7 +425,7 @@ fn attempt(
     let mut said = Vec::new(); // on the terminal
                                // Where the output since the last answer starts, in `err` and `out`.
     let (mut err_from, mut out_from) = (0, 0);
-    let mut tty_open = tty.is_some();
+    let mut tty_open = prompts_on_tty;
     let mut answered = false;
     let mut switched = marker.is_none();
     let mut boot: Option<BootLine> = None;
@@ -489,7 +516,7 @@ fn attempt(
                 err.extend_from_slice(&buf[..n]);
                 // After su's marker, its stderr is the child's; with a
                 // terminal, prompts come there.
-                if (!switched || marker.is_none()) && tty.is_none() {
+                if (!switched || marker.is_none()) && !prompts_on_tty {
                     if let Some(answer) = prompt.seen(&err[err_from..]) {
                         let typed = typed(answer, &mut answered, marker.is_none(), &preamble);
                         match typed.and_then(|t| Ok(stdin.write_all(&t)?)) {

@@ -131,6 +131,12 @@ fn become_sudo_password() -> Result<()> {
     same_under_stock_and_spindle("become/password.yml")
 }
 
+/// sudoers with requiretty (erin) and targetpw (frank).
+#[test]
+fn become_sudo_requiretty_targetpw() -> Result<()> {
+    same_under_stock_and_spindle("become/tty_targetpw.yml")
+}
+
 #[test]
 fn password_login() -> Result<()> {
     same_under_stock_and_spindle("connection/password.yml")
@@ -144,6 +150,63 @@ fn interpreter_discovery() -> Result<()> {
 #[test]
 fn module_styles() -> Result<()> {
     same_under_stock_and_spindle("modules/styles.yml")
+}
+
+/// With the installed ansible-core (the suite runs twice: 2.19 and 2.21,
+/// whose commands differ), Spindle takes its fast paths: modules run in the
+/// agent's warm interpreters, `echo ~` is answered from the agent's hello
+/// and a copy's temp dir steps and small put go without waiting. Its -vvv
+/// lines say which path each step took.
+#[test]
+fn fast_paths_are_taken() -> Result<()> {
+    let tb = Testbed::load()?;
+    let src = std::env::temp_dir().join(format!("spindle-fast-{}", std::process::id()));
+    std::fs::write(&src, "fast\n")?;
+    let out = Command::new(venv().join("bin/ansible"))
+        .arg("-i")
+        .arg(&tb.inventory)
+        .args(["sp2", "-vvv", "-m", "copy", "-a"])
+        .arg(format!(
+            "src={} dest=/tmp/spindle-fast-{}",
+            src.display(),
+            std::process::id()
+        ))
+        .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            root().join("ansible-plugin/serve_ssh"),
+        )
+        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()?;
+    let _ = std::fs::remove_file(&src);
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "copy failed:\n{text}");
+    for (what, needle) in [
+        (
+            "stat in a warm interpreter",
+            "SPINDLE: MODULE ansible.modules.stat ",
+        ),
+        (
+            "copy in a warm interpreter",
+            "SPINDLE: MODULE ansible.modules.copy ",
+        ),
+        ("echo ~ from the hello", "(from the agent's hello)"),
+        ("the temp dir made without waiting", "mkdir -p"),
+    ] {
+        anyhow::ensure!(text.contains(needle), "no {what} in:\n{text}");
+    }
+    let waiting: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("SPINDLE: EXEC") || l.contains("SPINDLE: PUT"))
+        .filter(|l| !l.ends_with("(not waiting)"))
+        .collect();
+    // Interpreter discovery is answered from the hello, without a line.
+    anyhow::ensure!(
+        waiting.is_empty(),
+        "steps that waited for a round trip: {waiting:#?}"
+    );
+    Ok(())
 }
 
 /// Killing the controller under a running task makes that host unreachable

@@ -80,7 +80,7 @@ const LOGIN_USER: &str = "spindle";
 const ROOT_PASSWORD: &str = "root-pw";
 /// Accounts created inside every host: (name, uid, password). The login
 /// account gets no password, only the testbed key.
-const ACCOUNTS: [(&str, u32, Option<&str>); 5] = [
+const ACCOUNTS: [(&str, u32, Option<&str>); 7] = [
     (LOGIN_USER, 2001, None),
     ("alice", 2002, Some("alice-pw")),
     ("bob", 2003, Some("bob-pw")),
@@ -88,6 +88,10 @@ const ACCOUNTS: [(&str, u32, Option<&str>); 5] = [
     // bootstrap command line, and dave a rule one character off it.
     ("carol", 2004, None),
     ("dave", 2005, None),
+    // sudo with a password and `requiretty` (erin), and with `targetpw`:
+    // the target account's password, not frank's own.
+    ("erin", 2006, Some("erin-pw")),
+    ("frank", 2007, Some("frank-pw")),
 ];
 /// The sudoers command for Spindle's bootstrap with the system Python, as
 /// README.md documents it.
@@ -100,12 +104,14 @@ const GUARD_LINK: &str = "spnull0";
 const GUARD_PEER: &str = "spnull1";
 const TESTBED_NET: &str = "10.213.0.0/16";
 /// Bump when provisioning changes, so `up` rebuilds hosts made by older code.
-const PROVISION_VERSION: u32 = 3;
+const PROVISION_VERSION: u32 = 5;
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Packages providing every tool used here (nsenter, unshare, setsid and
 /// findmnt come from util-linux; useradd from passwd; kill from procps),
-/// plus qemu-user-static, with which the tests run the aarch64 agent.
+/// plus qemu-user-static, with which the tests run the aarch64 agent, and
+/// acl, whose getfacl/setfacl ansible-core's integration targets use.
 const PACKAGES: &[&str] = &[
+    "acl",
     "qemu-user-static",
     "iproute2",
     "iptables",
@@ -750,7 +756,7 @@ fn sshd_config(penalties: bool) -> String {
          PubkeyAuthentication yes\n\
          PasswordAuthentication yes\n\
          KbdInteractiveAuthentication no\n\
-         PermitRootLogin no\n\
+         PermitRootLogin prohibit-password\n\
          AuthorizedKeysFile .ssh/authorized_keys\n\
          LogLevel VERBOSE\n\
          MaxSessions 100\n\
@@ -1048,13 +1054,16 @@ for account in $ACCOUNTS; do
 done
 # Without PAM, sshd refuses every login to an account whose password is
 # locked ("!"), keys included; "*" means "no password" without locking.
-# The key logs in as the login account; as alice, whose sudo asks for her
-# password; and as the restricted carol and dave (no password at all).
+# The key logs in as the login account; as alice, erin and frank, whose
+# sudo asks for a password; as the restricted carol and dave (no password
+# at all); and as root (sshd allows root the key only), which ansible-core's own integration
+# targets expect.
 for user in "$LOGIN_USER" carol dave; do
     usermod --password '*' "$user"
 done
-for user in "$LOGIN_USER" alice carol dave; do
+for user in "$LOGIN_USER" alice carol dave erin frank root; do
     home=/home/$user
+    [ "$user" = root ] && home=/root
     install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
     printf '%s\n' "$PUBKEY" > "$home/.ssh/authorized_keys"
     chown "$user:$user" "$home/.ssh/authorized_keys"
@@ -1128,6 +1137,10 @@ fn provision(
          Defaults logfile=/var/log/sudo.log\n\
          {LOGIN_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n\
          alice ALL=(ALL:ALL) ALL\n\
+         Defaults:erin requiretty\n\
+         erin ALL=(ALL:ALL) ALL\n\
+         Defaults:frank targetpw\n\
+         frank ALL=(ALL:ALL) ALL\n\
          carol ALL=(root) NOPASSWD: {BOOTSTRAP_RULE}\n\
          dave ALL=(root) NOPASSWD: {}\n",
         BOOTSTRAP_RULE.replace("readline", "readlines")
@@ -1727,6 +1740,37 @@ pub fn cpu_ms(name: &str) -> Result<f64> {
         .parse()
         .context("reading cpuacct.usage")?;
     Ok(ns / 1e6)
+}
+
+/// Host `name`'s address.
+pub fn address(name: &str) -> Result<Ipv4Addr> {
+    Ok(lookup(name)?.addr())
+}
+
+/// The file host `name`'s sshd logs to.
+pub fn sshd_log_of(name: &str) -> Result<PathBuf> {
+    Ok(lookup(name)?.sshd_log())
+}
+
+/// Runs `script` with `sh -c` as root inside host `name`, `input` on its
+/// stdin; an error unless it exits 0.
+pub fn run_script(name: &str, script: &str, input: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let host = lookup(name)?;
+    let pid = host
+        .sshd_pid()
+        .ok_or_else(|| anyhow!("{name}: sshd is not running"))?;
+    let mut child = enter(pid)
+        .args(["sh", "-c", script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running a script on {name}"))?;
+    child.stdin.take().expect("piped").write_all(input)?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{name}: `{script}` failed ({status})");
+    }
+    Ok(())
 }
 
 fn lookup(name: &str) -> Result<Host> {
