@@ -4,6 +4,7 @@
 mod agents;
 mod bench;
 mod delay;
+mod suite;
 mod testbed;
 
 use anyhow::Result;
@@ -36,6 +37,8 @@ enum Command {
     Demo,
     /// Benchmarks (`cargo xtask bench transport`).
     Bench(bench::Args),
+    /// ansible-core's own integration targets, with stock ssh and with Spindle.
+    AnsibleSuite(suite::Args),
     /// Internal: the NFQUEUE packet delayer the testbed runs for --rtt-ms.
     #[command(hide = true)]
     Delayer(delay::Args),
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test(&args),
         Command::Demo => demo(),
         Command::Bench(args) => bench::run(args),
+        Command::AnsibleSuite(args) => suite::run(args),
     }
 }
 
@@ -123,7 +127,7 @@ pub const ANSIBLE_BENCH: Ansible = Ansible {
 };
 
 /// The newest release; it needs Python 3.12 or later on the controller.
-const ANSIBLE_NEWEST: Ansible = Ansible {
+pub const ANSIBLE_NEWEST: Ansible = Ansible {
     dir: "ansible-venv-2.21",
     python: "3.12",
     spec: "ansible-core>=2.21,<2.22",
@@ -228,7 +232,7 @@ fn has_collection(venv: &std::path::Path, path: &str) -> bool {
         })
 }
 
-fn which(name: &str) -> Result<std::path::PathBuf> {
+pub fn which(name: &str) -> Result<std::path::PathBuf> {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
@@ -242,7 +246,8 @@ pub fn ansible_venv() -> Result<()> {
 }
 
 /// Every test with the default ansible-core, then the tests that drive
-/// Ansible again with the newest one.
+/// Ansible again with the newest one, then ansible-core's own integration
+/// targets under Spindle (`ansible-suite --spindle-only`).
 fn test(extra: &[String]) -> Result<()> {
     agents::build()?;
     testbed_up()?;
@@ -260,7 +265,10 @@ fn test(extra: &[String]) -> Result<()> {
         args.extend(["--test", t]);
     }
     args.extend(extra.iter().map(String::as_str));
-    cargo_with(&args, &[("SPINDLE_ANSIBLE_VENV", newest.as_os_str())])
+    cargo_with(&args, &[("SPINDLE_ANSIBLE_VENV", newest.as_os_str())])?;
+
+    println!("\n== ansible-core's integration targets");
+    suite::run(suite::Args::spindle_only())
 }
 
 fn demo() -> Result<()> {

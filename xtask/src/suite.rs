@@ -1,0 +1,569 @@
+//! `cargo xtask ansible-suite`: ansible-core's own integration targets, from
+//! the source distribution of the installed release, run by its own
+//! `ansible-test` against testbed hosts twice: once with Ansible's ssh
+//! connection, once with Spindle serving `ssh` (the `serve_ssh` plugin
+//! directory in the run's ansible.cfg). A target that passes stock and fails
+//! under Spindle fails the command.
+//!
+//! The targets are destructive (they add users, edit files under /etc), so
+//! each side gets a freshly built host of its own, removed afterwards:
+//! `sp5` for stock, `sp6` for Spindle. ansible-test logs in as root with its
+//! own key (`~/.ansible/test/id_rsa`), which the suite authorizes there.
+//!
+//! Each side runs with an `ssh` first on its PATH (in
+//! `target/ansible-suite/<side>/ssh/`) that runs the system's with an ssh
+//! config of the side's and notes its command lines. The config sends
+//! `localhost` and `127.0.0.*` to the side's host: the targets
+//! marked `needs/ssh` log in over ssh to "the controller" (ansible-test
+//! checks `ssh localhost id` first), and the host is the controller's file
+//! system underneath, so the Python paths they name exist there too. Both
+//! sides' ssh (Ansible's and Spindle's controller's) read the same config.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::{agents::workspace_root, testbed, Ansible, ANSIBLE, ANSIBLE_NEWEST};
+
+/// The targets the suite runs unless told otherwise: everyday modules,
+/// module styles, async, strategies, delegation, timeouts and become.
+const TARGETS: &[&str] = &[
+    "ping",
+    "command_shell",
+    "copy",
+    "file",
+    "template",
+    "fetch",
+    "stat",
+    "lineinfile",
+    "blockinfile",
+    "assemble",
+    "raw",
+    "script",
+    "slurp",
+    "tempfile",
+    "async",
+    "async_fail",
+    "environment",
+    "remote_tmp",
+    "want_json_modules_posix",
+    "old_style_modules_posix",
+    "binary_modules_posix",
+    "module_utils",
+    "check_mode",
+    "no_log",
+    "module_tracebacks",
+    "strategy_linear",
+    "strategy_free",
+    "strategy_host_pinned",
+    "delegate_to",
+    "loop-connection",
+    "task-timeout",
+    "become",
+    "become_su",
+    "become_sudo",
+    "become_unprivileged",
+];
+
+/// Targets that inspect what Spindle does differently by design: run and
+/// reported, never counted as a regression.
+const BY_DESIGN: &[(&str, &str)] = &[(
+    "remote_tmp",
+    "with pipelining off, asserts the running module's AnsiballZ file lies in remote_tmp; \
+     Spindle always pipelines and writes no module file",
+)];
+
+/// Pieces of Spindle's fixed bootstrap command lines (spindle-bootstrap's
+/// shell and Python one-liners): an ssh command line holding one started
+/// an agent.
+const BOOTSTRAP_MARKS: &[&str] = &["read -r l;eval", "exec(sys.stdin.buffer.readline())"];
+
+/// Hosts the two sides run on (beyond the four the tests use).
+const STOCK_HOST: &str = "sp5";
+const SPINDLE_HOST: &str = "sp6";
+const HOSTS: u8 = 6;
+/// One target's run may take this long before it counts as hung.
+const TARGET_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Targets to run (comma separated); the default list otherwise.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Use the newest ansible-core the tests cover (2.21, Python 3.12)
+    /// instead of the default (2.19, Python 3.11).
+    #[arg(long)]
+    newest: bool,
+    /// Run only Spindle's side; the stock side's outcomes come from the
+    /// record checked in for this ansible-core release
+    /// (`xtask/ansible-suite/stock-<version>.tsv`); targets it lacks run both
+    /// ways. (The two sides cannot run at once: targets that run tasks on
+    /// the controller itself share its home and /tmp.)
+    #[arg(long)]
+    spindle_only: bool,
+    /// Write the stock side's outcomes into that record.
+    #[arg(long, conflicts_with = "spindle_only")]
+    record: bool,
+}
+
+impl Args {
+    /// The default targets and release, Spindle's side only.
+    pub fn spindle_only() -> Args {
+        Args {
+            targets: Vec::new(),
+            newest: false,
+            spindle_only: true,
+            record: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Stock = 0,
+    Spindle = 1,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Stock => "stock",
+            Side::Spindle => "spindle",
+        }
+    }
+    fn host(self) -> &'static str {
+        match self {
+            Side::Stock => STOCK_HOST,
+            Side::Spindle => SPINDLE_HOST,
+        }
+    }
+}
+
+struct Outcome {
+    passed: bool,
+    seconds: f64,
+    /// sshd logins during the run.
+    logins: usize,
+    /// Agents Spindle's controller bootstrapped over ssh during the run (0
+    /// when the target's plays never used an ssh connection).
+    agents: usize,
+    log: PathBuf,
+    /// Taken from the checked-in record, not run now.
+    recorded: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let ansible: &Ansible = if args.newest {
+        &ANSIBLE_NEWEST
+    } else {
+        &ANSIBLE
+    };
+    let targets: Vec<String> = if args.targets.is_empty() {
+        TARGETS.iter().map(|t| t.to_string()).collect()
+    } else {
+        args.targets
+    };
+    // The plugin finds the checkout's release build (ansible-test passes no
+    // SPINDLE_BIN through), and the agents next to it.
+    crate::release_build()?;
+    let venv = ansible.install()?;
+    let python = |code: &str| -> Result<String> {
+        let out = Command::new(venv.join("bin/python"))
+            .args(["-c", code])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    };
+    let version = python("import ansible.release as r; print(r.__version__)")?;
+    let controller_python = python("import sys; print('%d.%d' % sys.version_info[:2])")?;
+
+    let work = workspace_root().join("target/ansible-suite");
+    let sdist = fetch_sdist(&venv, &version, &work)?;
+    let recorded = if args.spindle_only {
+        read_record(&version)?
+    } else {
+        Default::default()
+    };
+
+    // Fresh hosts: dropping sp5/sp6 first removes what an earlier suite
+    // left on them.
+    testbed_up(4)?;
+    testbed_up(HOSTS)?;
+    let key = ansible_test_key()?;
+    let mut trees = Vec::new();
+    for side in [Side::Stock, Side::Spindle] {
+        let ssh = ssh_dir(&work, side, &key)?;
+        // ansible-test's key for root; and /root traversable, as the
+        // targets that run "the controller's" Python (`needs/ssh`) do so
+        // as unprivileged users too, and this one lies under /root/.pyenv.
+        testbed::run_script(
+            side.host(),
+            "cat >> /root/.ssh/authorized_keys && chmod o+x /root",
+            &std::fs::read(key.with_extension("pub"))?,
+        )?;
+        let tree = unpack(&sdist, &work.join(side.name()).join("ansible-core"), side)?;
+        trees.push((tree, ssh));
+    }
+
+    println!(
+        "ansible-core {version} (controller Python {controller_python}), {} targets; \
+         stock on {STOCK_HOST}, Spindle on {SPINDLE_HOST}",
+        targets.len()
+    );
+    let mut rows = Vec::new();
+    for target in &targets {
+        let run = |side: Side| {
+            let (tree, ssh) = &trees[side as usize];
+            run_target(&venv, tree, ssh, &controller_python, side, target, &work)
+        };
+        let stock = match recorded.get(target.as_str()) {
+            Some(&(passed, seconds, logins)) => Outcome {
+                passed,
+                seconds,
+                logins,
+                agents: 0,
+                log: record_file(&version),
+                recorded: true,
+            },
+            None => run(Side::Stock)?,
+        };
+        let row = vec![stock, run(Side::Spindle)?];
+        println!(
+            "{target:<28} stock {:<4} {:>6.1} s{}   spindle {:<4} {:>6.1} s",
+            verdict(&row[0]),
+            row[0].seconds,
+            if row[0].recorded { " (recorded)" } else { "" },
+            verdict(&row[1]),
+            row[1].seconds
+        );
+        rows.push((target.clone(), row));
+    }
+    testbed_up(4)?;
+
+    let table = table(&version, &controller_python, &rows);
+    println!("\n{table}");
+    std::fs::write(work.join("results.md"), &table)?;
+    if args.record {
+        let mut text = format!(
+            "# Stock ssh outcomes of `cargo xtask ansible-suite` for ansible-core {version}\n\
+             # (controller Python {controller_python}), written by its --record.\n\
+             # target\tverdict\tseconds\tssh logins\n"
+        );
+        for (target, r) in &rows {
+            let _ = writeln!(
+                text,
+                "{target}\t{}\t{:.1}\t{}",
+                verdict(&r[0]),
+                r[0].seconds,
+                r[0].logins
+            );
+        }
+        std::fs::create_dir_all(record_file(&version).parent().expect("has a parent"))?;
+        std::fs::write(record_file(&version), text)?;
+        println!("recorded in {}", record_file(&version).display());
+    }
+    let regressions: Vec<String> = rows
+        .iter()
+        .filter(|(t, r)| r[0].passed && !r[1].passed && by_design(t).is_none())
+        .map(|(t, r)| format!("{t} (log: {})", r[1].log.display()))
+        .collect();
+    if !regressions.is_empty() {
+        bail!(
+            "passes with stock ssh, fails with Spindle: {}",
+            regressions.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The checked-in stock outcomes for an ansible-core release.
+fn record_file(version: &str) -> PathBuf {
+    workspace_root().join(format!("xtask/ansible-suite/stock-{version}.tsv"))
+}
+
+/// Target → (passed, seconds, ssh logins) from the record, if there is one.
+fn read_record(version: &str) -> Result<std::collections::HashMap<String, (bool, f64, usize)>> {
+    let file = record_file(version);
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        println!("no stock record for ansible-core {version}: running both sides");
+        return Ok(Default::default());
+    };
+    let mut out = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let f: Vec<&str> = line.split('\t').collect();
+        ensure!(f.len() == 4, "{}: malformed line {line:?}", file.display());
+        out.insert(
+            f[0].to_owned(),
+            (f[1] == "pass", f[2].parse()?, f[3].parse()?),
+        );
+    }
+    Ok(out)
+}
+
+fn by_design(target: &str) -> Option<&'static str> {
+    BY_DESIGN
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map(|(_, why)| *why)
+}
+
+fn testbed_up(hosts: u8) -> Result<()> {
+    testbed::run(testbed::Command::Up { hosts, rtt_ms: 0 })
+}
+
+fn verdict(o: &Outcome) -> &'static str {
+    if o.passed {
+        "pass"
+    } else {
+        "FAIL"
+    }
+}
+
+/// The release's source distribution (it carries `test/`), downloaded once.
+fn fetch_sdist(venv: &Path, version: &str, work: &Path) -> Result<PathBuf> {
+    let file = work.join(format!("ansible_core-{version}.tar.gz"));
+    if file.is_file() {
+        return Ok(file);
+    }
+    std::fs::create_dir_all(work)?;
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["download", "--quiet", "--disable-pip-version-check"])
+        .args(["--no-deps", "--no-binary", ":all:", "--dest"])
+        .arg(work)
+        .arg(format!("ansible-core=={version}"))
+        .status()?;
+    ensure!(
+        status.success() && file.is_file(),
+        "downloading ansible-core {version}'s source distribution"
+    );
+    Ok(file)
+}
+
+/// ansible-test's key pair, made as ansible-test makes it if missing.
+fn ansible_test_key() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let key = Path::new(&home).join(".ansible/test/id_rsa");
+    if !key.is_file() {
+        std::fs::create_dir_all(key.parent().expect("has a parent"))?;
+        let status = Command::new("ssh-keygen")
+            .args(["-m", "PEM", "-q", "-t", "rsa", "-N", "", "-f"])
+            .arg(&key)
+            .status()?;
+        ensure!(status.success(), "ssh-keygen failed");
+    }
+    Ok(key)
+}
+
+/// The side's ssh directory: an ssh config leading "the controller" to the
+/// side's host, and `bin/ssh`, which runs the system's ssh with that config
+/// and notes each command line in `ssh.log`, so that the suite can count
+/// the agents Spindle's controller bootstrapped.
+fn ssh_dir(work: &Path, side: Side, key: &Path) -> Result<PathBuf> {
+    let dir = work.join(side.name()).join("ssh");
+    let config = dir.join("ssh_config");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::write(
+        &config,
+        format!(
+            "Host localhost 127.0.0.*\n  HostName {}\n  User root\n  IdentityFile {}\n\
+             Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
+            testbed::address(side.host())?,
+            key.display()
+        ),
+    )?;
+    let system_ssh = crate::which("ssh")?;
+    let wrapper = bin.join("ssh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {}\nexec {} -F {} \"$@\"\n",
+            dir.join("ssh.log").display(),
+            system_ssh.display(),
+            config.display()
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+/// A fresh copy of the source tree for one side; Spindle's gets an
+/// integration.cfg (ansible-test's config for every playbook it runs) that
+/// adds the `serve_ssh` plugin directory.
+fn unpack(sdist: &Path, dir: &Path, side: Side) -> Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(sdist)
+        .arg("-C")
+        .arg(dir)
+        .arg("--strip-components=1")
+        .status()?;
+    ensure!(status.success(), "unpacking {}", sdist.display());
+    if side == Side::Spindle {
+        let plugins = workspace_root().join("ansible-plugin/serve_ssh");
+        std::fs::write(
+            dir.join("test/integration/integration.cfg"),
+            format!("[defaults]\nconnection_plugins = {}\n", plugins.display()),
+        )?;
+    }
+    Ok(dir.to_owned())
+}
+
+fn run_target(
+    venv: &Path,
+    tree: &Path,
+    ssh: &Path,
+    controller_python: &str,
+    side: Side,
+    target: &str,
+    work: &Path,
+) -> Result<Outcome> {
+    let logs = work.join("logs").join(side.name());
+    std::fs::create_dir_all(&logs)?;
+    let log = logs.join(format!("{target}.log"));
+    let address = testbed::address(side.host())?;
+    let sshd_log = testbed::sshd_log_of(side.host())?;
+    let logins = || -> usize {
+        std::fs::read_to_string(&sshd_log)
+            .map(|l| l.matches("Accepted publickey for ").count())
+            .unwrap_or(0)
+    };
+    let ssh_log = ssh.join("ssh.log");
+    let agents = || -> usize {
+        std::fs::read_to_string(&ssh_log)
+            .map(|l| {
+                l.lines()
+                    .filter(|l| BOOTSTRAP_MARKS.iter().any(|m| l.contains(m)))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = logins();
+    let agents_before = agents();
+    let path = format!(
+        "{}:{}:{}",
+        ssh.join("bin").display(),
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = Instant::now();
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(venv.join("bin/python"))
+            .arg("test/lib/ansible_test/_util/target/cli/ansible_test_cli_stub.py")
+            .args(["integration", target, "--allow-destructive"])
+            .arg(format!("--controller=origin:python={controller_python}"))
+            .arg(format!("--target=ssh:root@{address},python=3.11"))
+            .current_dir(tree)
+            .env("PATH", path)
+            .env("VIRTUAL_ENV", venv)
+            .env("PYTHONPATH", tree.join("test/lib"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::options().append(true).open(&log)?)
+            .process_group(0)
+            .spawn()
+            .context("starting ansible-test")?
+    };
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() > TARGET_TIMEOUT {
+            // The whole process group this child leads.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if status.is_none() {
+        use std::io::Write;
+        let mut f = std::fs::File::options().append(true).open(&log)?;
+        writeln!(f, "\n[ansible-suite: killed after {TARGET_TIMEOUT:?}]")?;
+    }
+    Ok(Outcome {
+        passed: status.is_some_and(|s| s.success()),
+        seconds: started.elapsed().as_secs_f64(),
+        logins: logins() - before,
+        agents: agents() - agents_before,
+        log,
+        recorded: false,
+    })
+}
+
+fn table(version: &str, python: &str, rows: &[(String, Vec<Outcome>)]) -> String {
+    let mut t = format!(
+        "ansible-core {version}, controller Python {python}, target Python 3.11 (Debian 12)\n\n\
+         | target | stock ssh | s | ssh logins | Spindle | s | ssh logins | agents started |\n\
+         |---|---|---:|---:|---|---:|---:|---:|\n"
+    );
+    for (target, r) in rows {
+        let _ = writeln!(
+            t,
+            "| {target} | {}{} | {:.1} | {} | {} | {:.1} | {} | {} |",
+            verdict(&r[0]),
+            if r[0].recorded { " (recorded)" } else { "" },
+            r[0].seconds,
+            r[0].logins,
+            verdict(&r[1]),
+            r[1].seconds,
+            r[1].logins,
+            r[1].agents
+        );
+    }
+    for (target, _) in rows {
+        if let Some(why) = by_design(target) {
+            let _ = writeln!(t, "\n{target}: differs by design: {why}.");
+        }
+    }
+    let unserved: Vec<&str> = rows
+        .iter()
+        .filter(|(_, r)| r[1].agents == 0)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !unserved.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nNever used an ssh connection, so never reached Spindle (their plays run \
+             on the controller, with `local` connections): {}.",
+            unserved.join(", ")
+        );
+    }
+    let both = rows
+        .iter()
+        .filter(|(_, r)| r[0].passed && r[1].passed)
+        .count();
+    let served = rows
+        .iter()
+        .filter(|(_, r)| r[0].passed && r[1].passed && r[1].agents > 0)
+        .count();
+    let stock = rows.iter().filter(|(_, r)| r[0].passed).count();
+    let sum = |i: usize| rows.iter().map(|(_, r)| r[i].seconds).sum::<f64>();
+    let _ = writeln!(
+        t,
+        "\n{} targets: {stock} pass with stock ssh, {both} of those with Spindle too \
+         ({served} of them served by Spindle); total {:.0} s stock, {:.0} s Spindle",
+        rows.len(),
+        sum(0),
+        sum(1)
+    );
+    t
+}
