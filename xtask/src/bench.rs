@@ -32,6 +32,10 @@ pub struct Args {
     /// Write the result table here (Markdown) as well as printing it.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// `bench ansible`: only these playbooks (comma separated: hostname100,
+    /// loop200, files, become30); all of them otherwise.
+    #[arg(long, value_delimiter = ',')]
+    playbooks: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -506,7 +510,19 @@ fn ansible(args: &Args) -> Result<()> {
     let root = agents::workspace_root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let playbooks = write_playbooks(&dir)?;
+    let mut playbooks = write_playbooks(&dir)?;
+    if !args.playbooks.is_empty() {
+        playbooks.retain(|(_, file)| {
+            args.playbooks
+                .iter()
+                .any(|p| Some(p.as_str()) == file.strip_suffix(".yml"))
+        });
+        anyhow::ensure!(
+            !playbooks.is_empty(),
+            "no such playbook: {:?}",
+            args.playbooks
+        );
+    }
     let mitogen = mitogen_strategies(&venv)?;
     let runners = [
         Runner {
