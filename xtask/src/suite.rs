@@ -197,15 +197,20 @@ pub fn run(args: Args) -> Result<()> {
     testbed_up(4)?;
     testbed_up(HOSTS)?;
     let key = ansible_test_key()?;
+    let controller_python_links = python_links(&venv)?;
     let mut trees = Vec::new();
     for side in [Side::Stock, Side::Spindle] {
         let ssh = ssh_dir(&work, side, &key)?;
-        // ansible-test's key for root; and /root traversable, as the
-        // targets that run "the controller's" Python (`needs/ssh`) do so
-        // as unprivileged users too, and this one lies under /root/.pyenv.
+        // ansible-test's key for root. And "the controller's" Python, which
+        // the `needs/ssh` targets run on the host (as `ansible_playbook_python`,
+        // also as unprivileged users): /root traversable (pyenv's lie under
+        // it), and the venv's interpreter names where the host cannot see
+        // them (a checkout under /tmp, which is the host's own tmpfs).
         testbed::run_script(
             side.host(),
-            "cat >> /root/.ssh/authorized_keys && chmod o+x /root",
+            &format!(
+                "cat >> /root/.ssh/authorized_keys && chmod o+x /root\n{controller_python_links}"
+            ),
             &std::fs::read(key.with_extension("pub"))?,
         )?;
         let tree = unpack(&sdist, &work.join(side.name()).join("ansible-core"), side)?;
@@ -347,6 +352,37 @@ fn fetch_sdist(venv: &Path, version: &str, work: &Path) -> Result<PathBuf> {
         "downloading ansible-core {version}'s source distribution"
     );
     Ok(file)
+}
+
+/// A script that gives a testbed host the venv's interpreter names
+/// (`bin/python`, `bin/python3`, …) where it lacks them, as links to the
+/// interpreter they stand for.
+fn python_links(venv: &Path) -> Result<String> {
+    let bin = venv.join("bin");
+    let mut script = String::new();
+    for entry in std::fs::read_dir(&bin)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !name.starts_with("python") {
+            continue;
+        }
+        let real = std::fs::canonicalize(&path)?;
+        let (link, real) = (path.display().to_string(), real.display().to_string());
+        ensure!(
+            !link.contains('\'') && !real.contains('\''),
+            "cannot quote {link} for the shell"
+        );
+        let _ = writeln!(
+            script,
+            "[ -e '{link}' ] || {{ mkdir -p '{}' && ln -s '{real}' '{link}'; }}",
+            bin.display()
+        );
+    }
+    Ok(script)
 }
 
 /// ansible-test's key pair, made as ansible-test makes it if missing.
