@@ -416,7 +416,11 @@ fn attempt(
     let stage_first = marker.is_none() && (matches!(prompt, Prompt::None) || prompts_on_tty);
     if stage_first {
         if let Err(e) = stdin.write_all(&preamble) {
-            return fail(&mut proc, io_error(&what, e).into());
+            // A switch that already gave up (sudo under requiretty, say)
+            // closed its stdin: what it said on stderr tells why.
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return fail(&mut proc, io_error(&what, e).into());
+            }
         }
     }
 
