@@ -37,6 +37,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 /// what a controller sends to one host, low enough to bound threads.
 const MAX_REQUESTS: usize = 1024;
 
+/// Set by the controller when it starts the agent on its own machine
+/// without a login (see `spindle_bootstrap::LOCAL_SESSION`).
+const LOCAL_SESSION: &str = spindle_bootstrap::LOCAL_SESSION;
+
 /// Pipe buffer asked for on stdin and stdout: a few frames' worth.
 const PIPE_SIZE: i32 = 1 << 20;
 
@@ -65,7 +69,14 @@ fn main() {
     let (stdin, stdout) = sys::stdio_files();
     out::start(stdout);
     let hello = hello::hello();
-    login_env::capture(&hello.home, &hello.shell);
+    // Started by the controller on its own machine (`ansible_connection=
+    // local`): no login took place, so none is emulated; commands see the
+    // environment we were started with, as Ansible's local connection's do.
+    if std::env::var_os(LOCAL_SESSION).is_some() {
+        std::env::remove_var(LOCAL_SESSION);
+    } else {
+        login_env::capture(&hello.home, &hello.shell);
+    }
     out::out().send(FromAgent::Hello(hello));
     let result = dispatch(BufReader::with_capacity(1 << 18, stdin));
     if let Err(e) = &result {

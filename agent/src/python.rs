@@ -402,6 +402,7 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         "rlimit_nofile": req.rlimit_nofile,
         "env": env,
         "unset": unset,
+        "cwd": req.cwd,
     });
     let (tx, rx) = mpsc::sync_channel(2);
     lock(&z.waiters).insert(id, tx);

@@ -83,6 +83,7 @@ def _files():
         ("spindle_ansible", NAME),
         ("connection_plugins", NAME + "/connection_plugins"),
         ("serve_ssh", NAME + "/serve_ssh"),
+        ("serve_local", NAME + "/serve_local"),
         ("strategy_plugins", NAME + "/strategy_plugins"),
     ):
         src = os.path.join(HERE, sub)

@@ -25,18 +25,18 @@ from spindle_ansible import payload as _payload
 display = Display()
 
 
-def _load_builtin_ssh():
-    """Ansible's own ssh connection module, loaded from its file under a
-    private name: `ansible.plugins.connection.ssh` is the name Ansible gives
-    whichever `ssh` plugin it resolves, which may be Spindle's."""
-    path = os.path.join(os.path.dirname(ansible.plugins.connection.__file__), "ssh.py")
-    spec = importlib.util.spec_from_file_location("_spindle_builtin_ssh", path)
+def load_builtin(name):
+    """Ansible's own connection module `name`, loaded from its file under a
+    private name: `ansible.plugins.connection.NAME` is the name Ansible
+    gives whichever plugin called NAME it resolves, which may be Spindle's."""
+    path = os.path.join(os.path.dirname(ansible.plugins.connection.__file__), name + ".py")
+    spec = importlib.util.spec_from_file_location("_spindle_builtin_" + name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_BUILTIN_SSH = _load_builtin_ssh()
+_BUILTIN_SSH = load_builtin("ssh")
 
 
 def documentation(name):
@@ -90,6 +90,10 @@ def _without_mux(args):
 class Connection(ConnectionBase):
     transport = "spindle"
     has_pipelining = True
+    # The connection Ansible would use: for commands Spindle leaves to it.
+    _stock_module = _BUILTIN_SSH
+    _stock_name = "ssh"
+    _kind = "CONNECTION"
 
     def __init__(self, play_context, *args, **kwargs):
         super().__init__(play_context, *args, **kwargs)
@@ -97,16 +101,16 @@ class Connection(ConnectionBase):
         self._stock = None
         self._stock_args = (play_context, args, kwargs)
 
-    def _stock_ssh(self):
-        """Ansible's ssh connection with this one's current settings and
-        become plugin (made on first use): for commands whose become
-        wrapping Spindle does not serve. Steps sent without waiting are
-        settled first: the command may need the files they made."""
+    def _stock_connection(self):
+        """Ansible's own connection (ssh, or local) with this one's current
+        settings and become plugin (made on first use): for commands whose
+        become wrapping Spindle does not serve. Steps sent without waiting
+        are settled first: the command may need the files they made."""
         self._call({"op": "hello"})
         if self._stock is None:
             play_context, args, kwargs = self._stock_args
-            self._stock = _BUILTIN_SSH.Connection(play_context, *args, **kwargs)
-            self._stock._load_name = "ssh"
+            self._stock = self._stock_module.Connection(play_context, *args, **kwargs)
+            self._stock._load_name = self._stock_name
         self._stock._play_context = self._play_context
         self._stock._options = dict(self._options)
         self._stock.set_become_plugin(self.become)
@@ -145,19 +149,26 @@ class Connection(ConnectionBase):
     def _host(self):
         return self.get_option("host") or self._play_context.remote_addr
 
+    def _login_user(self):
+        return self.get_option("remote_user")
+
     def _connect(self):
         if self._client is None:
             self._client = _client.Client()
         if not self._connected:
-            display.vvv(
-                "ESTABLISH SPINDLE CONNECTION FOR USER: %s" % self.get_option("remote_user"),
-                host=self._host(),
-            )
+            display.vvv("ESTABLISH SPINDLE %s FOR USER: %s" % (self._kind, self._login_user()), host=self._host())
         self._connected = True
         return self
 
+    def _where(self):
+        """What exec and module requests add: how and where commands run
+        (the local connection's shell and directory); nothing for ssh."""
+        return {}
+
     def _call(self, request):
         request["target"] = self._target()
+        if request["op"] in ("exec", "module"):
+            request.update(self._where())
         try:
             reply = self._client.call(request)
         except _client.ControllerError as e:
@@ -255,11 +266,12 @@ class Connection(ConnectionBase):
             return None
         m = _ECHO_HOME.fullmatch(inner)
         if m:
-            hello = self._call({"op": "hello"})
-            if m.group(1) in ("", hello["user"]) and hello.get("home", "").startswith("/"):
-                display.vvv("SPINDLE: %s (from the agent's hello)" % inner, host=self._host())
-                return 0, (hello["home"] + "\n").encode(), b""
-            return None
+            known = self._home(m.group(1))
+            if known is None:
+                return None
+            home, source = known
+            display.vvv("SPINDLE: %s (%s)" % (inner, source), host=self._host())
+            return 0, (home + "\n").encode(), b""
         for step, pattern, stdout in _DEFERRED:
             if step == "chmod" and self._becoming_unprivileged():
                 # Then Ansible's chmod follows a failed setfacl, and its
@@ -272,12 +284,21 @@ class Connection(ConnectionBase):
                 return 0, stdout(m).encode(), b""
         return None
 
+    def _home(self, user):
+        """(what `echo ~USER` prints, where that is known from) when known
+        without running it: the login account's home from the agent's
+        hello; None otherwise."""
+        hello = self._call({"op": "hello"})
+        if user in ("", hello["user"]) and hello.get("home", "").startswith("/"):
+            return hello["home"], "from the agent's hello"
+        return None
+
     def _becoming_unprivileged(self):
         plugin = self.become
         if plugin is None:
             return False
         user = _option(plugin, "become_user") or "root"
-        return user not in ("root", self.get_option("remote_user"))
+        return user not in ("root", self._login_user())
 
     def _wrapped_by_become(self, cmd):
         """Whether `cmd` carries the current become plugin's wrapping."""
@@ -315,7 +336,7 @@ class Connection(ConnectionBase):
                 return 0, out, b""
         cmd, account = self._unwrap_become(cmd)
         if account is None and self._wrapped_by_become(cmd):
-            return self._stock_ssh().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+            return self._stock_connection().exec_command(cmd, in_data=in_data, sudoable=sudoable)
         if account is None and in_data is None:
             known = self._known_outcome(cmd)
             if known is not None:

@@ -1,5 +1,5 @@
 # Shared by Spindle's strategy plugins: while one of them runs, hosts that
-# would use Ansible's ssh connection use Spindle's instead. Every other
+# would use Ansible's ssh or local connection use Spindle's instead. Every other
 # connection type (winrm, network_cli, paramiko, community plugins) is left
 # alone, in the same play.
 #
@@ -9,7 +9,12 @@ import functools
 
 from ansible.plugins import loader
 
-_REDIRECT = {"ssh": "spindle", "ansible.builtin.ssh": "spindle"}
+_REDIRECT = {
+    "ssh": "spindle",
+    "ansible.builtin.ssh": "spindle",
+    "local": "spindle_local",
+    "ansible.builtin.local": "spindle_local",
+}
 
 
 def install():

@@ -58,6 +58,12 @@ pub fn blob_header(len: usize) -> Vec<u8> {
     format!("{len}\n").into_bytes()
 }
 
+/// Environment variable the controller sets when it starts an agent on its
+/// own machine, without a login: the agent then emulates no login
+/// environment (it removes the variable first, so its commands never see
+/// it).
+pub const LOCAL_SESSION: &str = "SPINDLE_LOCAL_SESSION";
+
 /// Marker at the start of the stage's announcement line.
 pub const BOOT_MARKER: &str = "SPINDLE-BOOT1";
 

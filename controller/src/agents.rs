@@ -88,6 +88,14 @@ impl AgentStore {
         &self.manifest.build_id
     }
 
+    /// The file holding the uncompressed agent for `arch`.
+    pub fn raw_path(&self, arch: &str) -> Result<PathBuf> {
+        let entry = self.manifest.agents.get(arch).ok_or_else(|| {
+            Error::Local(format!("no agent is built for the {arch} architecture"))
+        })?;
+        Ok(self.dir.join(&entry.raw))
+    }
+
     /// The agent for `arch`, encoded as `codec` asks.
     pub fn binary(&self, arch: &str, codec: Codec) -> Result<Arc<Vec<u8>>> {
         let xz = codec == Codec::Xz;

@@ -160,6 +160,8 @@ pub struct Module {
     pub profile: Option<String>,
     pub extensions: Option<String>,
     pub rlimit_nofile: u64,
+    /// Directory to run in; `None` leaves the agent's own.
+    pub cwd: Option<String>,
 }
 
 impl Module {
@@ -175,6 +177,7 @@ impl Module {
             profile: None,
             extensions: None,
             rlimit_nofile: 0,
+            cwd: None,
         }
     }
 }
@@ -438,6 +441,7 @@ impl Host {
             rlimit_nofile: module.rlimit_nofile,
             env: env.clone(),
             timeout_ms: None,
+            cwd: module.cwd.clone(),
         };
         match collect(&link, req(first)).await {
             // The agent lost it (or another caller's first send is still in

@@ -178,7 +178,15 @@ impl Link {
         let host = dest.to_string();
         let span = tracing::info_span!("conn", host = %host);
         async {
-            let argv = transport.argv(dest, &spindle_bootstrap::command_line(python));
+            let argv = match transport {
+                Transport::Spawn => {
+                    let path = agents
+                        .raw_path(std::env::consts::ARCH)
+                        .map_err(|e| Error::unreachable(&host, e.to_string()))?;
+                    vec![path.display().to_string()]
+                }
+                _ => transport.argv(dest, &spindle_bootstrap::command_line(python)),
+            };
             tracing::debug!(?argv, "starting transport");
             let mut cmd = tokio::process::Command::new(&argv[0]);
             // Kept until the handshake is over: ssh asks during login only.
@@ -196,6 +204,10 @@ impl Link {
                     }
                     None => None,
                 },
+                Transport::Spawn => {
+                    cmd.env(spindle_bootstrap::LOCAL_SESSION, "1");
+                    None
+                }
                 Transport::Local => None,
             };
             let mut child = cmd
@@ -215,7 +227,13 @@ impl Link {
             let mut stdout = child.stdout.take().expect("piped stdout");
             grow_pipe(&stdin);
             grow_pipe(&stdout);
-            let handshake = handshake(&mut stdin, &mut stdout, python, agents);
+            let handshake = async {
+                let buf = match transport {
+                    Transport::Spawn => Vec::new(),
+                    _ => bootstrap(&mut stdin, &mut stdout, python, agents).await?,
+                };
+                read_hello(&mut stdout, buf).await
+            };
             let outcome = tokio::time::timeout(timeout, handshake).await;
             let (hello, rest) = match outcome {
                 Ok(Ok(v)) => v,
@@ -239,7 +257,12 @@ impl Link {
                     ),
                 ));
             }
-            tracing::debug!(pid = hello.pid, arch = %hello.arch, user = %hello.user, "agent ready");
+            let how = match transport {
+                Transport::Ssh(_) => "ssh",
+                Transport::Local => "shell",
+                Transport::Spawn => "spawned",
+            };
+            tracing::debug!(pid = hello.pid, arch = %hello.arch, user = %hello.user, how, "agent ready");
             Ok(Link::over(
                 host,
                 stdin,
@@ -575,12 +598,14 @@ impl<C: Call> Drop for Pending<C> {
 
 /// Runs the bootstrap handshake. Returns the hello and any bytes read past
 /// it (the start of the next frames).
-async fn handshake(
+/// Runs the bootstrap stage and sends it the agent it asks for; returns
+/// what was read past the boot line.
+async fn bootstrap(
     stdin: &mut ChildStdin,
     stdout: &mut ChildStdout,
     python: Option<&str>,
     agents: &AgentStore,
-) -> std::result::Result<(Hello, Vec<u8>), String> {
+) -> std::result::Result<Vec<u8>, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     stdin
         .write_all(&spindle_bootstrap::stdin_preamble(python))
@@ -632,8 +657,16 @@ async fn handshake(
         .flush()
         .await
         .map_err(|e| io("sending the agent", e))?;
+    Ok(buf)
+}
 
-    // 3. Find the hello magic, then decode the hello frame behind it.
+/// Finds the hello magic (after whatever `buf` and the stream hold first),
+/// then decodes the hello frame behind it; returns it with the bytes read
+/// past it.
+async fn read_hello(
+    stdout: &mut ChildStdout,
+    mut buf: Vec<u8>,
+) -> std::result::Result<(Hello, Vec<u8>), String> {
     let start = loop {
         if let Some(pos) = find(&buf, HELLO_MAGIC) {
             break pos + HELLO_MAGIC.len();

@@ -75,9 +75,15 @@ impl Drop for Counted {
     }
 }
 
-/// How the plugin describes a target: the ssh settings Ansible resolved.
+/// How the plugin describes a target: the ssh settings Ansible resolved,
+/// or `"local": true` for the controller's own machine (Ansible's `local`
+/// connection: an agent started without ssh, as the run's user, shared by
+/// every host using that connection).
 #[derive(Deserialize)]
 struct TargetSpec {
+    #[serde(default)]
+    local: bool,
+    #[serde(default)]
     host: String,
     #[serde(default)]
     port: Option<u16>,
@@ -100,6 +106,17 @@ struct TargetSpec {
 
 impl TargetSpec {
     fn target(&self) -> Target {
+        if self.local {
+            return Target {
+                transport: Transport::Spawn,
+                dest: Destination {
+                    user: None,
+                    host: "localhost".into(),
+                    port: None,
+                },
+                python: None,
+            };
+        }
         let timeout = Duration::from_secs(self.timeout.unwrap_or(10).max(1));
         Target {
             transport: Transport::Ssh(SshOptions {
@@ -368,7 +385,10 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             // No prompt in time: the host counts as unreachable, as with
             // the ssh plugin.
             Err(Error::Remote(e)) if e.kind == spindle_protocol::ErrorKind::TimedOut => {
-                return Err(Error::unreachable(&spec.host, e.message));
+                return Err(Error::unreachable(
+                    &host.target().dest.to_string(),
+                    e.message,
+                ));
             }
             Err(Error::Remote(e)) if e.kind != spindle_protocol::ErrorKind::Io => {
                 return Ok(json!({"error": e.message, "plain": true}));
@@ -387,11 +407,14 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             if req["defer"].is_null() {
                 login.note_command();
             }
+            // The local connection names its own (Ansible's executable).
             let shell = match (account, login.hello().shell.as_str()) {
+                _ if req["shell"].is_string() => field(&req, "shell")?,
                 (Some(_), _) | (None, "") => "/bin/sh",
                 (None, s) => s,
             };
             let mut exec = Exec::argv([shell, "-c", field(&req, "cmd")?]);
+            exec.cwd = req["cwd"].as_str().map(str::to_owned);
             if !req["stdin"].is_null() {
                 exec.stdin = Some(unb64(&req["stdin"], "stdin")?.into());
             }
@@ -415,6 +438,7 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             module.profile = m["profile"].as_str().map(str::to_owned);
             module.extensions = m["extensions"].as_str().map(str::to_owned);
             module.rlimit_nofile = m["rlimit_nofile"].as_u64().unwrap_or(0);
+            module.cwd = req["cwd"].as_str().map(str::to_owned);
             let env: Vec<(String, String)> = req["env"]
                 .as_object()
                 .map(|o| {

@@ -126,19 +126,29 @@ impl Default for SshOptions {
     }
 }
 
-/// What runs the bootstrap command line.
+/// How an agent is started.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
+    /// The bootstrap command line over ssh.
     Ssh(SshOptions),
-    /// `/bin/sh -c` on the controller's machine, as the controller's user.
+    /// The bootstrap command line through `/bin/sh -c` on the controller's
+    /// machine, as the controller's user: the same stages as over ssh.
     Local,
+    /// The controller's own agent binary run directly on its machine, with
+    /// the controller's environment and directory and no login emulated
+    /// (Ansible's `local` connection). No bootstrap stage: a stage's Python
+    /// could change the environment it passes on (a pyenv shim does).
+    Spawn,
 }
 
 impl Transport {
-    /// The full argv that runs `remote_command` on `dest`.
+    /// The full argv that runs `remote_command` on `dest` (`Spawn` runs
+    /// no command line: see [`Link::connect`](crate::Link::connect)).
     pub fn argv(&self, dest: &Destination, remote_command: &str) -> Vec<String> {
         match self {
-            Transport::Local => vec!["/bin/sh".into(), "-c".into(), remote_command.into()],
+            Transport::Local | Transport::Spawn => {
+                vec!["/bin/sh".into(), "-c".into(), remote_command.into()]
+            }
             Transport::Ssh(o) => ssh_argv(o, dest, remote_command),
         }
     }

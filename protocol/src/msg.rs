@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub type RequestId = u64;
 
 /// Everything the controller sends to an agent.
+// A `Call` is built once per request and encoded or dispatched at once;
+// boxing it would only add an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToAgent {
     /// Start a request. Answered by exactly one [`FromAgent::Reply`].
@@ -432,6 +435,9 @@ pub struct RunModule {
     pub env: Vec<(String, String)>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Directory the module runs in; without it, the agent's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 /// A module bundle by content hash. `zip` travels only when the controller

@@ -284,6 +284,7 @@ fn golden_encodings() {
             rlimit_nofile: 0,
             env: vec![("LANG".into(), "C".into())],
             timeout_ms: None,
+            cwd: None,
         },
     );
     g.call(
@@ -303,6 +304,27 @@ fn golden_encodings() {
             rlimit_nofile: 1024,
             env: vec![],
             timeout_ms: Some(5000),
+            cwd: None,
+        },
+    );
+    g.call(
+        "call_run_module_in_dir",
+        14,
+        RunModule {
+            python: "/usr/bin/python3".into(),
+            code: Code {
+                hash: "cd".repeat(32),
+                zip: None,
+            },
+            entry: ModuleEntry::Loader,
+            fqn: "ansible.modules.stat".into(),
+            params: "{}".into(),
+            profile: None,
+            extensions: None,
+            rlimit_nofile: 0,
+            env: vec![],
+            timeout_ms: None,
+            cwd: Some("/srv/site".into()),
         },
     );
     // Largest id: pins the u64 width.

@@ -86,10 +86,7 @@ fn run(
         ))
         .args(vars.iter().flat_map(|v| ["-e", v]))
         .arg(root().join("tests/ansible").join(playbook))
-        .env(
-            "ANSIBLE_CONNECTION_PLUGINS",
-            root().join("ansible-plugin/connection_plugins"),
-        )
+        .env("ANSIBLE_CONNECTION_PLUGINS", connection_plugins(connection))
         .env(
             "ANSIBLE_STRATEGY_PLUGINS",
             root().join("ansible-plugin/strategy_plugins"),
@@ -119,6 +116,18 @@ fn run(
         .collect();
     anyhow::ensure!(!recap.is_empty(), "no recap in:\n{text}");
     Ok(recap)
+}
+
+/// Spindle's connection plugins; with `-c spindle`, Spindle also serves
+/// the hosts whose connection is `local` (`delegate_to: localhost`), as
+/// the README's setup does.
+fn connection_plugins(connection: &str) -> std::ffi::OsString {
+    let plugins = root().join("ansible-plugin");
+    let mut dirs = vec![plugins.join("connection_plugins")];
+    if connection == "spindle" {
+        dirs.push(plugins.join("serve_local"));
+    }
+    std::env::join_paths(dirs).expect("paths without ':'")
 }
 
 /// Module directories for the suites: the checked-in ones plus a binary

@@ -34,6 +34,8 @@ fn pip_installs_a_working_spindle() -> Result<()> {
         "agents/manifest.json",
         "connection_plugins/spindle.py",
         "serve_ssh/ssh.py",
+        "serve_local/local.py",
+        "connection_plugins/spindle_local.py",
     ] {
         ensure!(pkg.join(shipped).is_file(), "the wheel lacks {shipped}");
     }
@@ -44,34 +46,49 @@ fn pip_installs_a_working_spindle() -> Result<()> {
         .env("PYTHONPATH", &dir)
         .output()?;
     let cfg = String::from_utf8(cfg.stdout)?;
-    let plugins = pkg.join("serve_ssh");
+    let plugins = format!(
+        "{}:{}",
+        pkg.join("serve_ssh").display(),
+        pkg.join("serve_local").display()
+    );
     ensure!(
-        cfg.contains(&format!("connection_plugins = {}\n", plugins.display())),
+        cfg.contains(&format!("connection_plugins = {plugins}\n")),
         "python -m spindle_ansible said:\n{cfg}"
     );
 
-    // The inventory's hosts use ssh: with `serve_ssh` among the connection
-    // plugins, Spindle serves them (the stock plugin would log its own
-    // `ESTABLISH SSH CONNECTION` at -vvv).
-    let run = Command::new(venv().join("bin/ansible"))
-        .arg("-i")
-        .arg(&tb.inventory)
-        .args(["sp1", "-vvv", "-m", "command", "-a", "hostname"])
-        .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
-        // The plugin finds its package from where it lies: no PYTHONPATH.
-        .env("ANSIBLE_CONNECTION_PLUGINS", &plugins)
-        .env_remove("SPINDLE_BIN")
-        .env_remove("SPINDLE_AGENT_DIR")
-        .env("ANSIBLE_NOCOLOR", "1")
-        .output()?;
-    let text = String::from_utf8_lossy(&run.stdout);
-    ensure!(
-        run.status.success()
-            && text.contains("CHANGED | rc=0 >>\nsp1")
-            && !text.contains("ESTABLISH SSH CONNECTION"),
-        "ansible through the installed Spindle:\n{text}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    // With those directories as the connection plugins, Spindle serves the
+    // inventory's ssh hosts and localhost (the stock plugins would log
+    // their own `ESTABLISH SSH CONNECTION` and `ESTABLISH LOCAL
+    // CONNECTION` at -vvv).
+    for (host, command, said, served) in [
+        ("sp1", "hostname", "sp1", "ESTABLISH SPINDLE CONNECTION"),
+        (
+            "localhost",
+            "printf local",
+            "local",
+            "ESTABLISH SPINDLE LOCAL CONNECTION",
+        ),
+    ] {
+        let run = Command::new(venv().join("bin/ansible"))
+            .arg("-i")
+            .arg(&tb.inventory)
+            .args([host, "-vvv", "-m", "command", "-a", command])
+            .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
+            // The plugin finds its package from where it lies: no PYTHONPATH.
+            .env("ANSIBLE_CONNECTION_PLUGINS", &plugins)
+            .env_remove("SPINDLE_BIN")
+            .env_remove("SPINDLE_AGENT_DIR")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .output()?;
+        let text = String::from_utf8_lossy(&run.stdout);
+        ensure!(
+            run.status.success()
+                && text.contains(&format!("CHANGED | rc=0 >>\n{said}"))
+                && text.contains(served),
+            "ansible {host} through the installed Spindle:\n{text}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -209,6 +209,53 @@ fn fast_paths_are_taken() -> Result<()> {
     Ok(())
 }
 
+/// Tasks on the controller's own machine (`hosts: localhost`, `delegate_to:
+/// localhost` for every host at once) behave as with Ansible's `local`
+/// connection: directory, environment, interpreter, files.
+#[test]
+fn local_connection() -> Result<()> {
+    same_under_stock_and_spindle("connection/local.yml")
+}
+
+/// With `serve_local` among the connection plugins, Spindle serves local
+/// tasks: a module runs in the local agent's warm interpreter, and a
+/// command's output is the stock one.
+#[test]
+fn local_connection_is_served() -> Result<()> {
+    let run = |plugins: &str| -> Result<String> {
+        let out = Command::new(venv().join("bin/ansible"))
+            .args(["localhost", "-vvv", "-m", "command", "-a", "printenv HOME"])
+            .env("ANSIBLE_CONNECTION_PLUGINS", root().join(plugins))
+            .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+            .env("ANSIBLE_NOCOLOR", "1")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(out.status.success(), "failed with {plugins}:\n{text}");
+        Ok(text)
+    };
+    let served = run("ansible-plugin/serve_local")?;
+    let stock = run("ansible-plugin/connection_plugins")?;
+    for (what, text, needle) in [
+        ("served", &served, "ESTABLISH SPINDLE LOCAL CONNECTION"),
+        (
+            "served",
+            &served,
+            "SPINDLE: MODULE ansible.modules.command ",
+        ),
+        ("stock", &stock, "ESTABLISH LOCAL CONNECTION"),
+    ] {
+        anyhow::ensure!(text.contains(needle), "{what}: no {needle:?} in:\n{text}");
+    }
+    let home = std::env::var("HOME")?;
+    for text in [&served, &stock] {
+        anyhow::ensure!(
+            text.lines().any(|l| l == home),
+            "no {home} line in:\n{text}"
+        );
+    }
+    Ok(())
+}
+
 /// Killing the controller under a running task makes that host unreachable
 /// promptly: no hang, no orphaned controller.
 #[test]

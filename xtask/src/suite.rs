@@ -1,9 +1,10 @@
 //! `cargo xtask ansible-suite`: ansible-core's own integration targets, from
 //! the source distribution of the installed release, run by its own
 //! `ansible-test` against testbed hosts twice: once with Ansible's ssh
-//! connection, once with Spindle serving `ssh` (the `serve_ssh` plugin
-//! directory in the run's ansible.cfg). A target that passes stock and fails
-//! under Spindle fails the command.
+//! and local connections, once with Spindle serving `ssh` and `local` (the
+//! `serve_ssh` and `serve_local` plugin directories in the run's
+//! ansible.cfg). A target that passes stock and fails under Spindle fails
+//! the command.
 //!
 //! The targets are destructive (they add users, edit files under /etc), so
 //! each side gets a freshly built host of its own, removed afterwards:
@@ -81,6 +82,10 @@ const BY_DESIGN: &[(&str, &str)] = &[(
 /// an agent.
 const BOOTSTRAP_MARKS: &[&str] = &["read -r l;eval", "exec(sys.stdin.buffer.readline())"];
 
+/// What the controller logs (at debug level, in `spindle.log`) for each
+/// agent it starts on its own machine for a `local` connection.
+const SPAWN_MARK: &str = "\"spawned\"";
+
 /// Hosts the two sides run on (beyond the four the tests use).
 const STOCK_HOST: &str = "sp5";
 const SPINDLE_HOST: &str = "sp6";
@@ -147,8 +152,8 @@ struct Outcome {
     seconds: f64,
     /// sshd logins during the run.
     logins: usize,
-    /// Agents Spindle's controller bootstrapped over ssh during the run (0
-    /// when the target's plays never used an ssh connection).
+    /// Agents Spindle's controller started during the run: bootstrapped
+    /// over ssh, or run here for `local` connections.
     agents: usize,
     log: PathBuf,
     /// Taken from the checked-in record, not run now.
@@ -401,9 +406,11 @@ fn ansible_test_key() -> Result<PathBuf> {
 }
 
 /// The side's ssh directory: an ssh config leading "the controller" to the
-/// side's host, and `bin/ssh`, which runs the system's ssh with that config
-/// and notes each command line in `ssh.log`, so that the suite can count
-/// the agents Spindle's controller bootstrapped.
+/// side's host, `bin/ssh`, which runs the system's ssh with that config
+/// and notes each command line in `ssh.log`, and `bin/spindle`, which runs
+/// the release build logging to `spindle.log`, so that the suite can count
+/// the agents Spindle's controller started (bootstrapped over ssh, or run
+/// on this machine for `local` connections).
 fn ssh_dir(work: &Path, side: Side, key: &Path) -> Result<PathBuf> {
     let dir = work.join(side.name()).join("ssh");
     let config = dir.join("ssh_config");
@@ -429,14 +436,28 @@ fn ssh_dir(work: &Path, side: Side, key: &Path) -> Result<PathBuf> {
             config.display()
         ),
     )?;
+    // The plugin finds `spindle` on PATH first: this one keeps the
+    // controller's log of the agents it starts, for the count.
+    let spindle = bin.join("spindle");
+    std::fs::write(
+        &spindle,
+        format!(
+            "#!/bin/sh\nNO_COLOR=1 SPINDLE_LOG=warn,spindle_controller::link=debug \
+             exec {} \"$@\" 2>> {}\n",
+            workspace_root().join("target/release/spindle").display(),
+            dir.join("spindle.log").display(),
+        ),
+    )?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    for script in [&wrapper, &spindle] {
+        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755))?;
+    }
     Ok(dir)
 }
 
 /// A fresh copy of the source tree for one side; Spindle's gets an
 /// integration.cfg (ansible-test's config for every playbook it runs) that
-/// adds the `serve_ssh` plugin directory.
+/// adds the `serve_ssh` and `serve_local` plugin directories.
 fn unpack(sdist: &Path, dir: &Path, side: Side) -> Result<PathBuf> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
@@ -451,10 +472,14 @@ fn unpack(sdist: &Path, dir: &Path, side: Side) -> Result<PathBuf> {
         .status()?;
     ensure!(status.success(), "unpacking {}", sdist.display());
     if side == Side::Spindle {
-        let plugins = workspace_root().join("ansible-plugin/serve_ssh");
+        let plugins = workspace_root().join("ansible-plugin");
         std::fs::write(
             dir.join("test/integration/integration.cfg"),
-            format!("[defaults]\nconnection_plugins = {}\n", plugins.display()),
+            format!(
+                "[defaults]\nconnection_plugins = {}:{}\n",
+                plugins.join("serve_ssh").display(),
+                plugins.join("serve_local").display()
+            ),
         )?;
     }
     Ok(dir.to_owned())
@@ -479,16 +504,16 @@ fn run_target(
             .map(|l| l.matches("Accepted publickey for ").count())
             .unwrap_or(0)
     };
-    let ssh_log = ssh.join("ssh.log");
-    let agents = || -> usize {
-        std::fs::read_to_string(&ssh_log)
+    let count = |file: &str, marks: &[&str]| -> usize {
+        std::fs::read_to_string(ssh.join(file))
             .map(|l| {
                 l.lines()
-                    .filter(|l| BOOTSTRAP_MARKS.iter().any(|m| l.contains(m)))
+                    .filter(|l| marks.iter().any(|m| l.contains(m)))
                     .count()
             })
             .unwrap_or(0)
     };
+    let agents = || count("ssh.log", BOOTSTRAP_MARKS) + count("spindle.log", &[SPAWN_MARK]);
     let before = logins();
     let agents_before = agents();
     let path = format!(
@@ -578,8 +603,7 @@ fn table(version: &str, python: &str, rows: &[(String, Vec<Outcome>)]) -> String
     if !unserved.is_empty() {
         let _ = writeln!(
             t,
-            "\nNever used an ssh connection, so never reached Spindle (their plays run \
-             on the controller, with `local` connections): {}.",
+            "\nNever reached Spindle (no agent started): {}.",
             unserved.join(", ")
         );
     }

@@ -168,6 +168,8 @@ def run_child(req, path, fds):
         for name in req.get("unset") or ():
             os.environ.pop(name, None)
         os.environ.update(req.get("env") or {})
+        if req.get("cwd"):
+            os.chdir(req["cwd"])
         for name in req["stale"]:
             sys.modules.pop(name, None)
             parent, _, leaf = name.rpartition(".")
