@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{self, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -116,6 +117,7 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
     let deadline = req
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let exited = AtomicBool::new(false);
     let outcome = thread::scope(|s| {
         let watchdog = spawn_in(s, || {
             let w = control.watch(deadline);
@@ -125,38 +127,42 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
             w
         });
 
-        let (stdout_src, stderr_src, stdin_dst): (File, Option<File>, Option<File>) =
-            match pty_master {
-                Some(master) => {
-                    let writer = master.try_clone().ok();
-                    (master, None, stdin_bytes.as_ref().and(writer))
+        let exited = &exited;
+        let what = &what;
+        let (output, status) = match pty_master {
+            Some(master) => {
+                if let (Ok(mut dst), Some(bytes)) = (master.try_clone(), stdin_bytes.as_deref()) {
+                    spawn_in(s, move || {
+                        let _ = dst.write_all(bytes);
+                    });
                 }
-                None => (
-                    // Present: both were configured as pipes above.
-                    File::from(std::os::fd::OwnedFd::from(
-                        child.stdout.take().expect("piped stdout"),
-                    )),
-                    child
-                        .stderr
-                        .take()
-                        .map(|e| File::from(std::os::fd::OwnedFd::from(e))),
-                    child
-                        .stdin
-                        .take()
-                        .map(|i| File::from(std::os::fd::OwnedFd::from(i))),
-                ),
-            };
-        if let (Some(mut dst), Some(bytes)) = (stdin_dst, stdin_bytes.as_deref()) {
-            spawn_in(s, move || {
-                // A command that exits without reading its stdin is normal.
-                let _ = dst.write_all(bytes);
-            });
-        }
-        let output = collect(s, id, stdout_src, stderr_src, control);
-        let status = child
-            .wait()
-            .map(|st| (st.code(), st.signal()))
-            .map_err(|e| io_error(format_args!("waiting for {what}"), e));
+                // Waited for beside the reading: the command's end, not the
+                // terminal's, ends the output (see `PtyOutput`).
+                let child = &mut child;
+                let waiter = spawn_in(s, move || wait(child, what, exited));
+                let output = collect(s, id, PtyOutput::new(master, exited), None, control);
+                let status = waiter.join().unwrap_or_else(|_| {
+                    Err(WireError::new(ErrorKind::Io, "waiting for the command"))
+                });
+                (output, status)
+            }
+            None => {
+                // Present: all three were configured as pipes above.
+                let pipe = |p: std::os::fd::OwnedFd| File::from(p);
+                let stdout = pipe(child.stdout.take().expect("piped stdout").into());
+                let stderr = child.stderr.take().map(|e| pipe(e.into()));
+                if let (Some(i), Some(bytes)) = (child.stdin.take(), stdin_bytes.as_deref()) {
+                    let mut dst = pipe(i.into());
+                    spawn_in(s, move || {
+                        // A command that exits without reading its stdin is
+                        // normal.
+                        let _ = dst.write_all(bytes);
+                    });
+                }
+                let output = collect(s, id, stdout, stderr, control);
+                (output, wait(&mut child, what, exited))
+            }
+        };
         control.finish();
         let watch = watchdog.join().unwrap_or(Watch::Finished);
         (output, watch, status)
@@ -164,6 +170,20 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
     running().remove(&pgid);
     let (output, watch, status) = outcome;
     result(output, watch, status)
+}
+
+/// Waits for `child`; notes in `exited` that it ended.
+fn wait(
+    child: &mut process::Child,
+    what: &str,
+    exited: &AtomicBool,
+) -> Result<(Option<i32>, Option<i32>), WireError> {
+    let status = child
+        .wait()
+        .map(|st| (st.code(), st.signal()))
+        .map_err(|e| io_error(format_args!("waiting for {what}"), e));
+    exited.store(true, Ordering::SeqCst);
+    status
 }
 
 /// Output of a finished command: (stdout, stderr) not yet streamed.
@@ -174,7 +194,7 @@ pub type Output = (Result<Vec<u8>, WireError>, Result<Vec<u8>, WireError>);
 pub fn collect<'scope>(
     s: &'scope thread::Scope<'scope, '_>,
     id: RequestId,
-    stdout: File,
+    stdout: impl Read,
     stderr: Option<File>,
     control: &'scope Control,
 ) -> Output {
@@ -225,7 +245,7 @@ fn spawn_in<'scope, T: Send + 'scope>(
 fn pump(
     id: RequestId,
     kind: StreamKind,
-    mut src: File,
+    mut src: impl Read,
     control: &Control,
 ) -> Result<Vec<u8>, WireError> {
     // Output is read straight into the buffer that becomes the chunk (std
@@ -253,6 +273,64 @@ fn pump(
             });
         }
         capacity = CHUNK;
+    }
+}
+
+/// How long the output of a command on a terminal is still read after the
+/// command ended, while more keeps arriving.
+const PTY_LINGER: Duration = Duration::from_secs(1);
+
+/// A quiet spell after which a terminal whose command ended counts as
+/// drained (what the command wrote reaches the master side a moment later).
+const PTY_QUIET: Duration = Duration::from_millis(20);
+
+/// The master side of a command's terminal, read as sshd reads a session's:
+/// to its end once every slave is closed, or soon after the command itself
+/// ended (what it wrote still drained). A process it left in the background
+/// may keep the terminal open; it does not hold the reply, and is hung up
+/// when the master closes.
+struct PtyOutput<'a> {
+    master: File,
+    exited: &'a AtomicBool,
+    ended_at: Option<Instant>,
+}
+
+impl<'a> PtyOutput<'a> {
+    fn new(master: File, exited: &'a AtomicBool) -> Self {
+        PtyOutput {
+            master,
+            exited,
+            ended_at: None,
+        }
+    }
+}
+
+impl Read for PtyOutput<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // Noted before polling, so a command that ends during the poll
+            // still gets a drain with the quiet spell.
+            if self.ended_at.is_none() && self.exited.load(Ordering::SeqCst) {
+                self.ended_at = Some(Instant::now());
+            }
+            let wait = match self.ended_at {
+                Some(t) if t.elapsed() >= PTY_LINGER => return Ok(0),
+                Some(_) => PTY_QUIET,
+                None => Duration::from_millis(50),
+            };
+            if sys::poll_readable(&[self.master.as_raw_fd()], wait)?.is_empty() {
+                if self.ended_at.is_some() {
+                    return Ok(0);
+                }
+                continue;
+            }
+            return match self.master.read(buf) {
+                // Every slave closed.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+                other => other,
+            };
+        }
     }
 }
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 
 import ansible.plugins.connection
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
@@ -284,6 +285,26 @@ class Connection(ConnectionBase):
                 return 0, stdout(m).encode(), b""
         return None
 
+    def _use_tty(self):
+        return bool(self.get_option("use_tty"))
+
+    def _tty_goodbye(self):
+        """What the ssh client prints on stderr when a command it ran on a
+        terminal ends: `Shared connection to HOST closed.` as a client of a
+        ControlMaster (Ansible's default ssh_args), `Connection to HOST
+        closed.` without one, nothing at a log level below INFO. The
+        settings are ssh's own (`ssh -G` with the plugin's arguments), so
+        the user's ssh config counts too."""
+        args = []
+        for name in ("ssh_args", "ssh_common_args", "ssh_extra_args"):
+            value = self.get_option(name)
+            if value:
+                args.extend(shlex.split(value))
+        key = (self.get_option("ssh_executable"), tuple(args), self._host())
+        if key not in _GOODBYES:
+            _GOODBYES[key] = _ssh_goodbye(*key)
+        return _GOODBYES[key]
+
     def _home(self, user):
         """(what `echo ~USER` prints, where that is known from) when known
         without running it: the login account's home from the agent's
@@ -352,9 +373,14 @@ class Connection(ConnectionBase):
         else:
             display.vvv("SPINDLE: EXEC %s%s" % (cmd, as_user), host=self._host())
             request = {"op": "exec", "cmd": cmd, "stdin": _client.b64(in_data) if in_data else None}
+            # As the ssh plugin runs such a command (`ssh -tt`): on a
+            # terminal, its output merged as a terminal shows it.
+            request["pty"] = not in_data and sudoable and self._use_tty()
         request["become"] = account
         reply = self._call(request)
         stdout, stderr = _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
+        if request.get("pty"):
+            stderr += self._tty_goodbye()
         display.vvvvv("SPINDLE: (%d, %r, %r)" % (reply["rc"], stdout, stderr), host=self._host())
         return reply["rc"], stdout, stderr
 
@@ -391,6 +417,29 @@ class Connection(ConnectionBase):
         self._connected = False
         if self._stock is not None:
             self._stock.close()
+
+
+# (ssh executable, arguments, host) -> what _ssh_goodbye found.
+_GOODBYES = {}
+
+
+def _ssh_goodbye(executable, args, host):
+    try:
+        out = subprocess.run(
+            [executable or "ssh"] + list(args) + ["-G", "--", host],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+        ).stdout.decode(errors="replace")
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    settings = dict(line.partition(" ")[::2] for line in out.lower().splitlines())
+    if settings.get("loglevel") in ("quiet", "silent", "fatal", "error"):
+        return b""
+    persist = any("controlpersist" in a.lower() for a in args)
+    shared = settings.get("controlmaster", "false") != "false" and (persist or settings.get("controlpath", "none") != "none")
+    return ("%s to %s closed.\r\n" % ("Shared connection" if shared else "Connection", host)).encode()
 
 
 def _option(plugin, name):

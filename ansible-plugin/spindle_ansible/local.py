@@ -79,6 +79,10 @@ class LocalConnection(Connection):
             where["cwd"] = os.fsdecode(self.cwd)
         return where
 
+    def _use_tty(self):
+        # The local plugin runs commands on pipes.
+        return False
+
     def _home(self, user):
         # The shell's own answer: $HOME for `~`, the account database for
         # `~USER`; a name it cannot expand is left to the shell.

@@ -415,6 +415,7 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             };
             let mut exec = Exec::argv([shell, "-c", field(&req, "cmd")?]);
             exec.cwd = req["cwd"].as_str().map(str::to_owned);
+            exec.pty = req["pty"].as_bool().unwrap_or(false);
             if !req["stdin"].is_null() {
                 exec.stdin = Some(unb64(&req["stdin"], "stdin")?.into());
             }

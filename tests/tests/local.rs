@@ -56,6 +56,26 @@ async fn pty_merges_output_and_is_a_terminal() {
     assert!(out.stderr.is_empty());
 }
 
+/// On a terminal the command's end ends the output, as with sshd: a
+/// process it leaves in the background holding the terminal does not hold
+/// the reply; everything the command itself wrote arrives.
+#[tokio::test]
+async fn pty_output_ends_with_the_command() {
+    let host = local(None);
+    let mut req = Exec::shell("(trap '' HUP; sleep 5; echo late) & echo started");
+    req.pty = true;
+    let out = host.exec(req).await.unwrap();
+    assert_eq!(out.stdout, b"started\r\n");
+    assert_eq!(out.code, Some(0));
+
+    let mut req = Exec::shell("seq 20000");
+    req.pty = true;
+    let out = host.exec(req).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 20000, "{}", &text[text.len() - 40..]);
+    assert!(text.ends_with("20000\r\n"), "{}", &text[text.len() - 40..]);
+}
+
 #[tokio::test]
 async fn timeout_kills_the_process_group() {
     let host = local(None);
