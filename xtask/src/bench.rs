@@ -33,9 +33,13 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// `bench ansible`: only these playbooks (comma separated: hostname100,
-    /// loop200, files, become30); all of them otherwise.
+    /// loop200, files, become30, hostname100x10, localhost100); all of
+    /// them otherwise.
     #[arg(long, value_delimiter = ',')]
     playbooks: Vec<String>,
+    /// `bench ansible`: draw the wall times as a bar chart (PNG) here.
+    #[arg(long)]
+    chart: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -512,10 +516,10 @@ fn ansible(args: &Args) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut playbooks = write_playbooks(&dir)?;
     if !args.playbooks.is_empty() {
-        playbooks.retain(|(_, file)| {
+        playbooks.retain(|p| {
             args.playbooks
                 .iter()
-                .any(|p| Some(p.as_str()) == file.strip_suffix(".yml"))
+                .any(|name| Some(name.as_str()) == p.file.strip_suffix(".yml"))
         });
         anyhow::ensure!(
             !playbooks.is_empty(),
@@ -524,29 +528,38 @@ fn ansible(args: &Args) -> Result<()> {
         );
     }
     let mitogen = mitogen_strategies(&venv)?;
+    let plugins = root.join("ansible-plugin");
+    let ours = plugins.join("connection_plugins").into_os_string();
+    // The connection plugin run serves local hosts too, as the README
+    // sets it up.
+    let ours_and_local = std::env::join_paths([
+        plugins.join("connection_plugins"),
+        plugins.join("serve_local"),
+    ])?;
     let runners = [
         Runner {
             name: "stock ssh + pipelining",
             connection: "ssh",
+            connection_plugins: ours.clone(),
             strategy: None,
         },
         Runner {
             name: "Mitogen",
             connection: "ssh",
+            connection_plugins: ours.clone(),
             strategy: Some(("mitogen_linear", mitogen)),
         },
         Runner {
             name: "Spindle, connection plugin",
             connection: "spindle",
+            connection_plugins: ours_and_local,
             strategy: None,
         },
         Runner {
             name: "Spindle, strategy",
             connection: "ssh",
-            strategy: Some((
-                "spindle_linear",
-                root.join("ansible-plugin/strategy_plugins"),
-            )),
+            connection_plugins: ours,
+            strategy: Some(("spindle_linear", plugins.join("strategy_plugins"))),
         },
     ];
     let mut walls = String::new();
@@ -575,20 +588,31 @@ fn ansible(args: &Args) -> Result<()> {
             .parse()?;
         Ok(ns / 1e6)
     };
+    let mut chart = Vec::new();
     for &rtt in &args.rtt_ms {
+        let needed = playbooks.iter().map(|p| p.hosts.len()).max().unwrap_or(1);
         testbed::run(testbed::Command::Up {
-            hosts: 4,
+            hosts: (needed as u8).max(4),
             rtt_ms: rtt,
         })?;
-        for (name, file) in &playbooks {
+        for Playbook { name, file, hosts } in &playbooks {
+            if hosts.is_empty() && Some(&rtt) != args.rtt_ms.first() {
+                // On the controller's own machine: the link's RTT is not
+                // involved.
+                continue;
+            }
+            // Summed over the playbook's hosts.
+            let bytes = || -> Result<u64> {
+                hosts
+                    .iter()
+                    .map(|h| link_bytes(&format!("spv{}", &h[2..])))
+                    .sum()
+            };
+            let target_cpu = || -> Result<f64> { hosts.iter().map(|h| testbed::cpu_ms(h)).sum() };
             let run = |runner: &Runner| -> Result<Measured> {
                 let mut runs = Vec::new();
                 for _ in 0..args.runs.max(1) {
-                    let before = (
-                        link_bytes("spv1")?,
-                        controller_cpu()?,
-                        testbed::cpu_ms(HOST)?,
-                    );
+                    let before = (bytes()?, controller_cpu()?, target_cpu()?);
                     // The run and everything it starts (workers, ssh, the
                     // Spindle controller) in one accounting group.
                     let script = format!(
@@ -603,11 +627,9 @@ fn ansible(args: &Args) -> Result<()> {
                         .arg(dir.join(file))
                         .current_dir(&dir)
                         .env("ANSIBLE_PIPELINING", "True")
+                        .env("ANSIBLE_FORKS", MANY_HOSTS.to_string())
                         .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
-                        .env(
-                            "ANSIBLE_CONNECTION_PLUGINS",
-                            root.join("ansible-plugin/connection_plugins"),
-                        )
+                        .env("ANSIBLE_CONNECTION_PLUGINS", &runner.connection_plugins)
                         .env("SPINDLE_BIN", &spindle);
                     if let Some((strategy, plugins)) = &runner.strategy {
                         cmd.env("ANSIBLE_STRATEGY", strategy)
@@ -617,9 +639,9 @@ fn ansible(args: &Args) -> Result<()> {
                     settle();
                     runs.push(Measured {
                         wall,
-                        bytes: (link_bytes("spv1")? - before.0) as f64,
+                        bytes: (bytes()? - before.0) as f64,
                         controller_cpu: controller_cpu()? - before.1,
-                        target_cpu: testbed::cpu_ms(HOST)? - before.2,
+                        target_cpu: target_cpu()? - before.2,
                     });
                 }
                 Ok(Measured::median(&runs))
@@ -653,6 +675,9 @@ fn ansible(args: &Args) -> Result<()> {
             )?;
             for (runner, m) in runners.iter().zip(&results) {
                 let Some(m) = m else { continue };
+                chart.push(serde_json::json!({
+                    "rtt_ms": rtt, "playbook": name, "runner": runner.name, "wall_s": m.wall / 1e3,
+                }));
                 writeln!(
                     details,
                     "| {rtt} ms | {name} | {} | {:.2} s | {:.1} s | {:.1} s | {:.2} MB |",
@@ -665,14 +690,31 @@ fn ansible(args: &Args) -> Result<()> {
             }
         }
     }
+    // Back to the testbed the tests expect.
+    testbed::run(testbed::Command::Up {
+        hosts: 4,
+        rtt_ms: 0,
+    })?;
+    let data = dir.join("ansible.json");
+    std::fs::write(&data, serde_json::to_vec_pretty(&chart)?)?;
+    if let Some(png) = &args.chart {
+        let status = Command::new(venv.join("bin/python"))
+            .arg(root.join("xtask/bench/chart.py"))
+            .arg(&data)
+            .arg(png)
+            .status()
+            .context("running xtask/bench/chart.py")?;
+        anyhow::ensure!(status.success(), "drawing the chart failed");
+    }
     report(args, &format!("{walls}\n{details}"))
 }
 
-/// Who runs a playbook: a connection type, perhaps with a strategy plugin
-/// (its name and directory).
+/// Who runs a playbook: a connection type and the connection plugin
+/// directories, perhaps with a strategy plugin (its name and directory).
 struct Runner {
     name: &'static str,
     connection: &'static str,
+    connection_plugins: std::ffi::OsString,
     strategy: Option<(&'static str, PathBuf)>,
 }
 
@@ -690,15 +732,34 @@ fn mitogen_strategies(venv: &Path) -> Result<PathBuf> {
     bail!("no ansible_mitogen in {}", lib.display())
 }
 
-/// Writes the benchmark playbooks (and the files they copy) into `dir`;
-/// returns (description, file name) of each.
-fn write_playbooks(dir: &Path) -> Result<Vec<(&'static str, &'static str)>> {
+/// A benchmark playbook: what it does, its file, and the testbed hosts it
+/// runs on (none: the controller's own machine).
+struct Playbook {
+    name: &'static str,
+    file: &'static str,
+    hosts: Vec<String>,
+}
+
+/// Hosts the testbed has up during `bench ansible`: the 10-host row's.
+const MANY_HOSTS: u8 = 10;
+
+/// Writes the benchmark playbooks (and the files they copy) into `dir`.
+fn write_playbooks(dir: &Path) -> Result<Vec<Playbook>> {
     let head = "- hosts: sp1\n  gather_facts: false\n  tasks:\n";
-    let mut hostname = String::from(head);
-    for _ in 0..100 {
-        hostname.push_str("    - command: hostname\n");
-    }
-    std::fs::write(dir.join("hostname100.yml"), hostname)?;
+    let hundred = "    - command: hostname\n".repeat(100);
+    std::fs::write(dir.join("hostname100.yml"), format!("{head}{hundred}"))?;
+    let many: Vec<String> = (1..=MANY_HOSTS).map(|i| format!("sp{i}")).collect();
+    std::fs::write(
+        dir.join("hostname100x10.yml"),
+        format!(
+            "- hosts: {}\n  gather_facts: false\n  tasks:\n{hundred}",
+            many.join(":")
+        ),
+    )?;
+    std::fs::write(
+        dir.join("localhost100.yml"),
+        format!("- hosts: localhost\n  gather_facts: false\n  tasks:\n{hundred}"),
+    )?;
 
     let looped =
         format!("{head}    - command: /bin/true\n      loop: \"{{{{ range(200) | list }}}}\"\n");
@@ -750,11 +811,35 @@ fn write_playbooks(dir: &Path) -> Result<Vec<(&'static str, &'static str)>> {
         ));
     }
     std::fs::write(dir.join("become30.yml"), switching)?;
+    let one = || vec![HOST.to_owned()];
+    let playbook = |name, file, hosts| Playbook { name, file, hosts };
     Ok(vec![
-        ("100 x command: hostname", "hostname100.yml"),
-        ("1 task looping command: /bin/true x 200", "loop200.yml"),
-        ("50 copy + 20 template + one 20 MiB copy", "files.yml"),
-        ("30 x command: id -un, become on and off", "become30.yml"),
+        playbook("100 x command: hostname", "hostname100.yml", one()),
+        playbook(
+            "1 task looping command: /bin/true x 200",
+            "loop200.yml",
+            one(),
+        ),
+        playbook(
+            "50 copy + 20 template + one 20 MiB copy",
+            "files.yml",
+            one(),
+        ),
+        playbook(
+            "30 x command: id -un, become on and off",
+            "become30.yml",
+            one(),
+        ),
+        playbook(
+            "100 x command: hostname on 10 hosts (forks 10)",
+            "hostname100x10.yml",
+            many,
+        ),
+        playbook(
+            "100 x command: hostname on localhost (local connection)",
+            "localhost100.yml",
+            Vec::new(),
+        ),
     ])
 }
 

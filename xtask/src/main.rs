@@ -122,7 +122,8 @@ pub const ANSIBLE_BENCH: Ansible = Ansible {
     dir: "bench-venv",
     python: "python3",
     spec: "ansible-core>=2.19,<2.20",
-    extra: &["mitogen"],
+    // matplotlib draws `bench ansible --chart`.
+    extra: &["mitogen", "matplotlib"],
     collections: false,
 };
 
@@ -202,6 +203,20 @@ impl Ansible {
                 .args(["install", "--quiet", "--disable-pip-version-check"])
                 .arg(self.spec)
                 .args(self.extra))?;
+        }
+        // Extras added since the venv was made (their import names are
+        // their package names).
+        if !self.extra.is_empty() {
+            let imports = std::process::Command::new(venv.join("bin/python"))
+                .arg("-c")
+                .arg(format!("import {}", self.extra.join(", ")))
+                .stderr(std::process::Stdio::null())
+                .status()?;
+            if !imports.success() {
+                run(std::process::Command::new(venv.join("bin/pip"))
+                    .args(["install", "--quiet", "--disable-pip-version-check"])
+                    .args(self.extra))?;
+            }
         }
         // The collections of the `ansible` package (community.general's
         // doas become plugin, for one), without touching ansible-core.
