@@ -75,7 +75,10 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
     }
     cmd.envs(login.set);
     cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = &req.cwd {
+    // A directory the account may not enter is no reason to fail: the
+    // command starts where the agent is, as sudo leaves a command in a
+    // directory its account cannot enter. (A missing one fails the spawn.)
+    if let Some(cwd) = req.cwd.as_deref().filter(|d| !sys::denied(d)) {
         cmd.current_dir(cwd);
     }
     let stdin_bytes = req.stdin.map(Blob::into_inner);
@@ -276,8 +279,9 @@ fn pump(
     }
 }
 
-/// How long the output of a command on a terminal is still read after the
-/// command ended, while more keeps arriving.
+/// How long, in all, reading a terminal may wait for more output once its
+/// command has ended (a process it left in the background may keep
+/// writing). Time spent waiting for the controller's credit does not count.
 const PTY_LINGER: Duration = Duration::from_secs(1);
 
 /// A quiet spell after which a terminal whose command ended counts as
@@ -285,14 +289,15 @@ const PTY_LINGER: Duration = Duration::from_secs(1);
 const PTY_QUIET: Duration = Duration::from_millis(20);
 
 /// The master side of a command's terminal, read as sshd reads a session's:
-/// to its end once every slave is closed, or soon after the command itself
-/// ended (what it wrote still drained). A process it left in the background
+/// to its end once every slave is closed, or once the command itself has
+/// ended and what it wrote is drained. A process it left in the background
 /// may keep the terminal open; it does not hold the reply, and is hung up
 /// when the master closes.
 struct PtyOutput<'a> {
     master: File,
     exited: &'a AtomicBool,
-    ended_at: Option<Instant>,
+    /// Time spent waiting for output since the command ended.
+    lingered: Duration,
 }
 
 impl<'a> PtyOutput<'a> {
@@ -300,7 +305,7 @@ impl<'a> PtyOutput<'a> {
         PtyOutput {
             master,
             exited,
-            ended_at: None,
+            lingered: Duration::ZERO,
         }
     }
 }
@@ -310,17 +315,23 @@ impl Read for PtyOutput<'_> {
         use std::os::fd::AsRawFd;
         loop {
             // Noted before polling, so a command that ends during the poll
-            // still gets a drain with the quiet spell.
-            if self.ended_at.is_none() && self.exited.load(Ordering::SeqCst) {
-                self.ended_at = Some(Instant::now());
+            // still gets its drain.
+            let ended = self.exited.load(Ordering::SeqCst);
+            if ended && self.lingered >= PTY_LINGER {
+                return Ok(0);
             }
-            let wait = match self.ended_at {
-                Some(t) if t.elapsed() >= PTY_LINGER => return Ok(0),
-                Some(_) => PTY_QUIET,
-                None => Duration::from_millis(50),
+            let wait = if ended {
+                PTY_QUIET
+            } else {
+                Duration::from_millis(50)
             };
-            if sys::poll_readable(&[self.master.as_raw_fd()], wait)?.is_empty() {
-                if self.ended_at.is_some() {
+            let started = Instant::now();
+            let ready = sys::poll_readable(&[self.master.as_raw_fd()], wait)?;
+            if ended {
+                self.lingered += started.elapsed();
+            }
+            if ready.is_empty() {
+                if ended {
                     return Ok(0);
                 }
                 continue;

@@ -84,39 +84,52 @@ pub fn controlling_tty(cmd: &mut Command, tty: std::os::fd::RawFd) {
     };
 }
 
-/// Opens a pseudo-terminal pair: (master, slave).
+/// Opens a pseudo-terminal pair: (master, slave), both close-on-exec from
+/// the start, so a command another thread starts meanwhile inherits
+/// neither.
 pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut master = -1;
-    let mut slave = -1;
-    // SAFETY: the out-pointers are valid; name, termios and winsize may be
-    // null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: posix_openpt only opens /dev/ptmx with `flags`.
+    let m = unsafe { libc::posix_openpt(flags) };
+    if m < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: openpty succeeded, so both are fresh descriptors we now own.
-    let (m, s) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&m, &s] {
-        set_cloexec(fd)?;
+    // SAFETY: a fresh descriptor we now own.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    // SAFETY: unlockpt and the ioctl act on the master we own; the slave
+    // they give is a fresh descriptor.
+    if unsafe { libc::unlockpt(m) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok((m, s))
+    let mut s = unsafe { libc::ioctl(m, libc::TIOCGPTPEER as _, flags) };
+    if s < 0 {
+        // Kernels before 4.13: by name.
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: `name` is a writable buffer of the length given; the
+        // path it receives is NUL-terminated.
+        s = unsafe {
+            if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::open(name.as_ptr(), flags)
+        };
+        if s < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: a fresh descriptor we now own.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(s) }))
 }
 
-fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fcntl on a descriptor we own.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// Whether this process is denied `dir` as its working directory (it
+/// exists, or may, but this account may not search it).
+pub fn denied(dir: &str) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir) else {
+        return false;
+    };
+    // SAFETY: access only reads the NUL-terminated path.
+    let rc = unsafe { libc::access(path.as_ptr(), libc::X_OK) };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EACCES)
 }
 
 pub fn uid() -> u32 {

@@ -374,8 +374,11 @@ class Connection(ConnectionBase):
             display.vvv("SPINDLE: EXEC %s%s" % (cmd, as_user), host=self._host())
             request = {"op": "exec", "cmd": cmd, "stdin": _client.b64(in_data) if in_data else None}
             # As the ssh plugin runs such a command (`ssh -tt`): on a
-            # terminal, its output merged as a terminal shows it.
+            # terminal, its output merged as a terminal shows it, with the
+            # TERM ssh passes on.
             request["pty"] = not in_data and sudoable and self._use_tty()
+            if request["pty"] and os.environ.get("TERM"):
+                request["env"] = {"TERM": os.environ["TERM"]}
         request["become"] = account
         reply = self._call(request)
         stdout, stderr = _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
@@ -439,7 +442,9 @@ def _ssh_goodbye(executable, args, host):
         return b""
     persist = any("controlpersist" in a.lower() for a in args)
     shared = settings.get("controlmaster", "false") != "false" and (persist or settings.get("controlpath", "none") != "none")
-    return ("%s to %s closed.\r\n" % ("Shared connection" if shared else "Connection", host)).encode()
+    # ssh names the host as its config resolved it (HostName, lower case).
+    name = settings.get("hostname") or host
+    return ("%s to %s closed.\r\n" % ("Shared connection" if shared else "Connection", name)).encode()
 
 
 def _option(plugin, name):

@@ -16,7 +16,8 @@ from ansible.errors import AnsibleError
 from ansible.utils.display import Display
 from ansible.utils.path import unfrackpath
 
-from spindle_ansible.connection import Connection, load_builtin
+from spindle_ansible import connection as _connection
+from spindle_ansible.connection import load_builtin
 
 display = Display()
 
@@ -28,7 +29,9 @@ def documentation(name):
     return _BUILTIN_LOCAL.DOCUMENTATION.replace("name: local", "name: %s" % name, 1)
 
 
-class LocalConnection(Connection):
+# Named `Connection` as every connection plugin class is: Ansible files a
+# plugin's settings under its class name.
+class Connection(_connection.Connection):
     # Ansible's action plugins compare this: with "local" they set `cwd`
     # before each command and refuse to reboot the controller.
     transport = "local"
@@ -79,6 +82,29 @@ class LocalConnection(Connection):
             where["cwd"] = os.fsdecode(self.cwd)
         return where
 
+    def exec_command(self, cmd, in_data=None, sudoable=True):
+        try:
+            return super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        except AnsibleError as e:
+            if not self._sudo_may_know_the_terminal(e):
+                raise
+        # sudo wants a password and none was given. The local plugin runs
+        # sudo on the run's terminal, where an earlier `sudo -v` may have
+        # left a ticket that Spindle's agent (on no terminal) cannot use:
+        # Ansible's own local connection runs this command.
+        display.vvv("SPINDLE: sudo wants a password: Ansible's local connection runs the command", host=self._host())
+        return self._stock_connection().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+
+    def _sudo_may_know_the_terminal(self, error):
+        plugin = self.become
+        if plugin is None or plugin.name not in ("sudo", "ansible.builtin.sudo"):
+            return False
+        try:
+            password = plugin.get_option("become_pass")
+        except (KeyError, AnsibleError):
+            password = None
+        return not password and str(error).startswith("Missing sudo password")
+
     def _use_tty(self):
         # The local plugin runs commands on pipes.
         return False
@@ -109,3 +135,6 @@ class LocalConnection(Connection):
         # Nothing to reset for the local plugin either: the agent stays.
         if self._stock is not None:
             self._stock.reset()
+
+
+LocalConnection = Connection

@@ -459,12 +459,19 @@ impl Host {
     /// [`Put`]); `req.size` and `req.data` are filled in here. Small files
     /// go inline; larger ones stream under the agent's credit, so memory
     /// stays bounded on both ends.
-    pub async fn put(
+    pub async fn put(&self, src: impl AsyncRead + Unpin, size: u64, req: Put) -> Result<PutResult> {
+        self.put_as(None, src, size, req).await
+    }
+
+    /// [`Host::put`] as `account`.
+    pub async fn put_as(
         &self,
+        account: Option<&BecomeSpec>,
         mut src: impl AsyncRead + Unpin,
         size: u64,
         req: Put,
     ) -> Result<PutResult> {
+        let link = self.link_as(account).await?;
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let read = async move {
             let mut left = size;
@@ -482,7 +489,7 @@ impl Host {
                 }
             }
         };
-        let (_, r) = tokio::join!(read, self.put_chunks(size, req, rx));
+        let (_, r) = tokio::join!(read, put_chunks(&link, size, req, rx));
         r
     }
 
@@ -501,48 +508,26 @@ impl Host {
     /// agent's default, as for a new file). The file is read on a blocking
     /// thread straight into chunk buffers, ahead of the upload.
     pub async fn put_path(&self, local: &Path, req: Put) -> Result<PutResult> {
+        self.put_path_as(None, local, req).await
+    }
+
+    /// [`Host::put_path`] as `account`.
+    pub async fn put_path_as(
+        &self,
+        account: Option<&BecomeSpec>,
+        local: &Path,
+        req: Put,
+    ) -> Result<PutResult> {
+        let link = self.link_as(account).await?;
         let ctx = || format!("reading {}", local.display());
         let file = std::fs::File::open(local).map_err(|e| Error::local(ctx(), e))?;
         let size = file.metadata().map_err(|e| Error::local(ctx(), e))?.len();
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let reader = tokio::task::spawn_blocking(move || read_chunks(file, size, tx));
-        let r = self.put_chunks(size, req, rx).await;
+        let r = put_chunks(&link, size, req, rx).await;
         // The reader ends by itself once the receiver is gone.
         let _ = reader.await;
         r
-    }
-
-    /// The upload itself: `chunks` yields exactly `size` bytes in pieces of
-    /// at most [`CHUNK`]; a source error ends the upload (the agent then
-    /// discards its temporary file).
-    async fn put_chunks(
-        &self,
-        size: u64,
-        mut req: Put,
-        mut chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    ) -> Result<PutResult> {
-        let link = self.link().await?;
-        req.size = size;
-        let path = req.path.clone();
-        let short = || SourceError::Short(size).on(&path);
-        let io = |e| SourceError::Io(e).on(&path);
-        if size <= INLINE_MAX as u64 {
-            let mut data = Vec::with_capacity(size as usize);
-            while (data.len() as u64) < size {
-                let chunk = chunks.recv().await.ok_or_else(short)?;
-                data.extend_from_slice(&chunk.map_err(io)?);
-            }
-            req.data = Some(data.into());
-            return link.call(req).await;
-        }
-        let mut pending: Pending<Put> = link.start(req, false, true).await?;
-        let mut left = size;
-        while left > 0 {
-            let chunk = chunks.recv().await.ok_or_else(short)?.map_err(io)?;
-            left = left.saturating_sub(chunk.len() as u64);
-            pending.send_data(chunk, left == 0).await?;
-        }
-        pending.finish().await
     }
 
     /// Streams a remote file into `sink`.
@@ -566,6 +551,16 @@ impl Host {
     /// Fetches a remote file into a local path atomically: a hidden file
     /// beside it receives the data and is renamed over it when complete.
     pub async fn fetch_file(&self, path: &str, local: &Path) -> Result<FetchResult> {
+        self.fetch_file_as(None, path, local).await
+    }
+
+    /// [`Host::fetch_file`] as `account`.
+    pub async fn fetch_file_as(
+        &self,
+        account: Option<&BecomeSpec>,
+        path: &str,
+        local: &Path,
+    ) -> Result<FetchResult> {
         let dir = match local.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => ".".into(),
@@ -591,7 +586,7 @@ impl Host {
             Ok::<_, std::io::Error>(())
         });
         let fetched = async {
-            let link = self.link().await?;
+            let link = self.link_as(account).await?;
             let mut pending: Pending<Fetch> =
                 link.start(Fetch { path: path.into() }, true, false).await?;
             while let Some((_, data)) = pending.next().await {
@@ -624,6 +619,38 @@ impl Host {
             }
         }
     }
+}
+
+/// The upload itself: `chunks` yields exactly `size` bytes in pieces of at
+/// most [`CHUNK`]; a source error ends the upload (the agent then discards
+/// its temporary file).
+async fn put_chunks(
+    link: &Link,
+    size: u64,
+    mut req: Put,
+    mut chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) -> Result<PutResult> {
+    req.size = size;
+    let path = req.path.clone();
+    let short = || SourceError::Short(size).on(&path);
+    let io = |e| SourceError::Io(e).on(&path);
+    if size <= INLINE_MAX as u64 {
+        let mut data = Vec::with_capacity(size as usize);
+        while (data.len() as u64) < size {
+            let chunk = chunks.recv().await.ok_or_else(short)?;
+            data.extend_from_slice(&chunk.map_err(io)?);
+        }
+        req.data = Some(data.into());
+        return link.call(req).await;
+    }
+    let mut pending: Pending<Put> = link.start(req, false, true).await?;
+    let mut left = size;
+    while left > 0 {
+        let chunk = chunks.recv().await.ok_or_else(short)?.map_err(io)?;
+        left = left.saturating_sub(chunk.len() as u64);
+        pending.send_data(chunk, left == 0).await?;
+    }
+    pending.finish().await
 }
 
 /// Why an upload's source gave out.

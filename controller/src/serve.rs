@@ -349,6 +349,17 @@ fn become_spec(v: &Value, timeout: Option<Duration>) -> Result<Option<BecomeSpec
     }))
 }
 
+/// A JSON object of strings as (name, value) pairs; anything else as none.
+fn string_map(v: &Value) -> Vec<(String, String)> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn field<'a>(req: &'a Value, name: &str) -> Result<&'a str, Error> {
     req[name]
         .as_str()
@@ -376,9 +387,13 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             Ok(link) => _held = Some(link),
             // An account switch that sudo refuses looks as in a stock run:
             // the command "ran" with sudo's complaint on stderr, status 1.
+            // (Not so a file transfer, a hello or a step sent without
+            // waiting: their failure carries sudo's words as an error.)
             Err(Error::Remote(e))
                 if e.kind == spindle_protocol::ErrorKind::PermissionDenied
-                    && !is_password_error(&e.message) =>
+                    && !is_password_error(&e.message)
+                    && matches!(req["op"].as_str(), Some("exec" | "module"))
+                    && req["defer"].is_null() =>
             {
                 return Ok(json!({"rc": 1, "stdout": "", "stderr": b64(e.message.as_bytes())}));
             }
@@ -403,9 +418,13 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             // (that account's shell may well be nologin).
             let login = host.link().await?;
             // It may install or remove interpreters: discovery must look
-            // again (see "hello"). Not so Ansible's temp dir steps.
+            // again (see "hello"), whichever account asks. Not so Ansible's
+            // temp dir steps.
             if req["defer"].is_null() {
                 login.note_command();
+                if let Some(link) = &_held {
+                    link.note_command();
+                }
             }
             // The local connection names its own (Ansible's executable).
             let shell = match (account, login.hello().shell.as_str()) {
@@ -416,6 +435,9 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             let mut exec = Exec::argv([shell, "-c", field(&req, "cmd")?]);
             exec.cwd = req["cwd"].as_str().map(str::to_owned);
             exec.pty = req["pty"].as_bool().unwrap_or(false);
+            // What sshd sets for a session on a terminal (`TERM` from the
+            // client's), say.
+            exec.env = string_map(&req["env"]);
             if !req["stdin"].is_null() {
                 exec.stdin = Some(unb64(&req["stdin"], "stdin")?.into());
             }
@@ -440,14 +462,7 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             module.extensions = m["extensions"].as_str().map(str::to_owned);
             module.rlimit_nofile = m["rlimit_nofile"].as_u64().unwrap_or(0);
             module.cwd = req["cwd"].as_str().map(str::to_owned);
-            let env: Vec<(String, String)> = req["env"]
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let env = string_map(&req["env"]);
             let out = host
                 .run_module_as(account, field(&req, "python")?, &module, env)
                 .await?;
@@ -461,15 +476,16 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
                 // A small file the plugin read itself (so that it may be
                 // sent without waiting: the local file may be gone by then).
                 let data = unb64(&req["data"], "data")?;
-                host.put(&data[..], data.len() as u64, put).await?;
+                host.put_as(account, &data[..], data.len() as u64, put)
+                    .await?;
             } else {
-                host.put_path(&PathBuf::from(field(&req, "src")?), put)
+                host.put_path_as(account, &PathBuf::from(field(&req, "src")?), put)
                     .await?;
             }
             Ok(json!({}))
         }
         "fetch" => {
-            host.fetch_file(field(&req, "src")?, Path::new(field(&req, "dst")?))
+            host.fetch_file_as(account, field(&req, "src")?, Path::new(field(&req, "dst")?))
                 .await?;
             Ok(json!({}))
         }
@@ -481,7 +497,8 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             // Looked up when the agent started: stale once a command may
             // have changed what is installed; the plugin then runs
             // Ansible's discovery command itself.
-            let probes: Vec<Value> = if link.ran_commands() {
+            let stale = link.ran_commands() || host.link().await?.ran_commands();
+            let probes: Vec<Value> = if stale {
                 Vec::new()
             } else {
                 h.probes.iter().map(|p| json!([p.name, p.path])).collect()

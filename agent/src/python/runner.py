@@ -22,6 +22,9 @@
 import array, errno, json, os, re, select, signal, shutil, socket, sys, time
 
 SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
+# Started with -c: the working directory leads the search path. A module's
+# imports must not find what lies there (the stock wrapper drops it too).
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
 MAX_PACKET = 1 << 20
 codes = {}  # hash -> (zip path readable by us and our children, memfd)
 children = {}  # pid -> (request id, task temp dir or None, clock() at fork)
@@ -169,7 +172,12 @@ def run_child(req, path, fds):
             os.environ.pop(name, None)
         os.environ.update(req.get("env") or {})
         if req.get("cwd"):
-            os.chdir(req["cwd"])
+            try:
+                os.chdir(req["cwd"])
+            except PermissionError:
+                # One the account may not enter: stay where the zygote is,
+                # as a command under sudo stays in such a directory.
+                pass
         for name in req["stale"]:
             sys.modules.pop(name, None)
             parent, _, leaf = name.rpartition(".")
