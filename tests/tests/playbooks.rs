@@ -256,6 +256,17 @@ fn local_connection_is_served() -> Result<()> {
     Ok(())
 }
 
+/// `spindle_sudo` and `spindle_su` as connection types: tasks on this
+/// machine as another account (what `local` with `become` gives), files
+/// owned by it, and a task's own become for a third account refused by
+/// name. Spindle only: stock Ansible has no such connection.
+#[test]
+fn account_connections() -> Result<()> {
+    let tb = Testbed::load()?;
+    play(&tb, "connection/accounts.yml", "spindle", None)?;
+    Ok(())
+}
+
 /// Killing the controller under a running task makes that host unreachable
 /// promptly: no hang, no orphaned controller.
 #[test]
