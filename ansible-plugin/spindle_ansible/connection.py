@@ -384,7 +384,8 @@ class Connection(ConnectionBase):
         stdout, stderr = _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
         if request.get("pty"):
             stderr += self._tty_goodbye()
-        display.vvvvv("SPINDLE: (%d, %r, %r)" % (reply["rc"], stdout, stderr), host=self._host())
+        # Only with ANSIBLE_DEBUG: a no_log task's output must not reach -vvvvv.
+        display.debug("SPINDLE: (%d, %r, %r)" % (reply["rc"], stdout, stderr))
         return reply["rc"], stdout, stderr
 
     def put_file(self, in_path, out_path):
