@@ -124,12 +124,17 @@ class Connection(ConnectionBase):
             return True
         return super().get_option(option, hostvars)
 
-    def _target(self):
+    def _ssh_args(self):
+        """The ssh arguments the ssh plugin's settings give, split."""
         args = []
         for name in ("ssh_args", "ssh_common_args", "ssh_extra_args"):
             value = self.get_option(name)
             if value:
                 args.extend(shlex.split(value))
+        return args
+
+    def _target(self):
+        args = self._ssh_args()
         if not self.get_option("host_key_checking"):
             args.extend(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
         port = self.get_option("port")
@@ -295,12 +300,7 @@ class Connection(ConnectionBase):
         closed.` without one, nothing at a log level below INFO. The
         settings are ssh's own (`ssh -G` with the plugin's arguments), so
         the user's ssh config counts too."""
-        args = []
-        for name in ("ssh_args", "ssh_common_args", "ssh_extra_args"):
-            value = self.get_option(name)
-            if value:
-                args.extend(shlex.split(value))
-        key = (self.get_option("ssh_executable"), tuple(args), self._host())
+        key = (self.get_option("ssh_executable"), tuple(self._ssh_args()), self._host())
         if key not in _GOODBYES:
             _GOODBYES[key] = _ssh_goodbye(*key)
         return _GOODBYES[key]

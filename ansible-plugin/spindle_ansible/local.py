@@ -97,7 +97,7 @@ class Connection(_connection.Connection):
 
     def _sudo_may_know_the_terminal(self, error):
         plugin = self.become
-        if plugin is None or plugin.name not in ("sudo", "ansible.builtin.sudo"):
+        if plugin is None or _connection._SERVED_BECOME.get(plugin.name) != "sudo":
             return False
         try:
             password = plugin.get_option("become_pass")
