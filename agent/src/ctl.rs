@@ -11,6 +11,8 @@ struct State {
     credit: u32,
     cancelled: bool,
     finished: bool,
+    /// Set as the request's reply goes out: whether it failed.
+    ended: Option<bool>,
 }
 
 /// Shared by the dispatcher (which grants credit and cancels) and the worker
@@ -76,6 +78,34 @@ impl Control {
     pub fn finish(&self) {
         self.lock().finished = true;
         self.cv.notify_all();
+    }
+
+    /// Marks the request ended (its reply is going out), waking
+    /// [`Control::wait_end`].
+    pub fn end(&self, failed: bool) {
+        self.lock().ended = Some(failed);
+        self.cv.notify_all();
+    }
+
+    /// Waits until the request ends; whether it failed. Gives up when
+    /// `waiter` (the request waiting for this one) is cancelled.
+    pub fn wait_end(&self, waiter: &Control) -> Result<bool, WireError> {
+        let mut s = self.lock();
+        loop {
+            if let Some(failed) = s.ended {
+                return Ok(failed);
+            }
+            if waiter.is_cancelled() {
+                return Err(cancelled());
+            }
+            // The waiter's cancellation wakes its own condition variable,
+            // not ours: look again now and then.
+            s = self
+                .cv
+                .wait_timeout(s, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Waits until the work finishes, is cancelled, or `deadline` passes.

@@ -29,7 +29,7 @@ use ctl::{Control, Data, DataTx};
 use spindle_protocol::{
     frame, ErrorKind, FromAgent, LogLevel, Reply, Request, RequestId, ToAgent, WireError, WINDOW,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufReader, Read};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -88,6 +88,9 @@ fn main() {
 /// The process umask, read once at start-up while single-threaded.
 pub static UMASK: OnceLock<u32> = OnceLock::new();
 
+/// Failed requests remembered for a later request's `after`.
+const RECENT_FAILURES: usize = 256;
+
 /// A running request as the dispatcher sees it.
 struct Entry {
     control: Arc<Control>,
@@ -101,6 +104,79 @@ fn registry() -> MutexGuard<'static, HashMap<RequestId, Entry>> {
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The most recent failed requests, oldest first. Locked only while the
+/// registry is, so that a request leaves the registry and, if it failed,
+/// enters this list in one step.
+fn recent_failures() -> MutexGuard<'static, VecDeque<RequestId>> {
+    static FAILED: OnceLock<Mutex<VecDeque<RequestId>>> = OnceLock::new();
+    FAILED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a request started with `after` waits for.
+enum Earlier {
+    /// Nothing: no `after`, or one that ended well (or long ago).
+    Done,
+    Failed(RequestId),
+    Running(RequestId, Arc<Control>),
+}
+
+impl Earlier {
+    fn find(reg: &HashMap<RequestId, Entry>, after: Option<RequestId>) -> Earlier {
+        let Some(after) = after else {
+            return Earlier::Done;
+        };
+        if let Some(e) = reg.get(&after) {
+            return Earlier::Running(after, e.control.clone());
+        }
+        if recent_failures().contains(&after) {
+            return Earlier::Failed(after);
+        }
+        Earlier::Done
+    }
+
+    /// Waits for the earlier request; an error if it failed.
+    fn wait(self, control: &Control) -> Result<(), WireError> {
+        let id = match self {
+            Earlier::Done => return Ok(()),
+            Earlier::Failed(id) => id,
+            Earlier::Running(id, earlier) => match earlier.wait_end(control)? {
+                false => return Ok(()),
+                true => id,
+            },
+        };
+        Err(WireError::new(
+            ErrorKind::Skipped,
+            format!("not run: request {id} before it failed"),
+        ))
+    }
+}
+
+/// Whether a request's outcome counts as a failure for those ordered
+/// after it: an error, or a command or module that did not exit with 0.
+fn failed(result: &Result<Reply, WireError>) -> bool {
+    match result {
+        Err(_) => true,
+        Ok(Reply::Exec(r)) => r.code != Some(0),
+        Ok(_) => false,
+    }
+}
+
+/// Takes a request that ended out of the registry, remembering a failure.
+fn ended(id: RequestId, failed: bool) {
+    let mut reg = registry();
+    reg.remove(&id);
+    if failed {
+        let mut recent = recent_failures();
+        if recent.len() == RECENT_FAILURES {
+            recent.pop_front();
+        }
+        recent.push_back(id);
+    }
 }
 
 /// Reads frames until EOF. Returns an error for a malformed frame, after
@@ -133,7 +209,7 @@ fn invalid(e: frame::FrameError) -> io::Error {
 
 fn handle(msg: ToAgent) {
     match msg {
-        ToAgent::Call { id, req } => start(id, req),
+        ToAgent::Call { id, req, after } => start(id, req, after),
         ToAgent::Data { id, data, eof } => {
             let reg = registry();
             if let Some(tx) = reg.get(&id).and_then(|e| e.data.as_ref()) {
@@ -165,7 +241,7 @@ fn handle(msg: ToAgent) {
     }
 }
 
-fn start(id: RequestId, req: Request) {
+fn start(id: RequestId, req: Request, after: Option<RequestId>) {
     let control = Arc::new(Control::new(WINDOW));
     let (data, data_rx) = match req {
         Request::Put(ref p) if p.data.is_none() => {
@@ -174,7 +250,7 @@ fn start(id: RequestId, req: Request) {
         }
         _ => (None, None),
     };
-    {
+    let earlier = {
         let mut reg = registry();
         if reg.len() >= MAX_REQUESTS {
             drop(reg);
@@ -186,6 +262,7 @@ fn start(id: RequestId, req: Request) {
             let dup = WireError::new(ErrorKind::Protocol, format!("request id {id} is in use"));
             return finish(id, Err(dup));
         }
+        let earlier = Earlier::find(&reg, after);
         reg.insert(
             id,
             Entry {
@@ -193,16 +270,24 @@ fn start(id: RequestId, req: Request) {
                 data,
             },
         );
-    }
+        earlier
+    };
+    // Requests ordered after this one wait on it.
+    let watched = control.clone();
     let spawned = std::thread::Builder::new()
         .stack_size(WORKER_STACK)
         .spawn(move || {
-            let result = run(id, req, &control, data_rx);
-            registry().remove(&id);
+            let result = earlier
+                .wait(&control)
+                .and_then(|()| run(id, req, &control, data_rx));
+            let failed = failed(&result);
+            ended(id, failed);
+            control.end(failed);
             finish(id, result);
         });
     if let Err(e) = spawned {
-        registry().remove(&id);
+        ended(id, true);
+        watched.end(true);
         finish(
             id,
             Err(WireError::new(

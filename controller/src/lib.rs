@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod askpass;
 pub mod become_flags;
+pub mod chain;
 mod error;
 mod host;
 mod link;
@@ -15,6 +16,7 @@ pub mod serve;
 pub mod transport;
 
 pub use agents::AgentStore;
+pub use chain::Chain;
 pub use error::{Error, Result};
 pub use host::{BecomeSpec, Controller, ExecOutput, Host, Module, Target};
 pub use link::{Link, Pending, StreamItem};

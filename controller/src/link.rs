@@ -70,8 +70,15 @@ struct Table {
     dead: Option<String>,
 }
 
+fn next_serial() -> u64 {
+    static SERIAL: AtomicU64 = AtomicU64::new(1);
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
 struct Shared {
     host: String,
+    /// Unique among the run's links (see [`crate::chain`]).
+    serial: u64,
     table: Mutex<Table>,
     writer: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
@@ -291,6 +298,7 @@ impl Link {
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
         let shared = Arc::new(Shared {
             host,
+            serial: next_serial(),
             table: Mutex::default(),
             writer,
             next_id: AtomicU64::new(1),
@@ -317,6 +325,7 @@ impl Link {
         let (writer, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
         let shared = Arc::new(Shared {
             host: format!("{} (as {})", parent.shared.host, hello.user),
+            serial: next_serial(),
             table: Mutex::default(),
             writer,
             next_id: AtomicU64::new(1),
@@ -490,12 +499,11 @@ impl Link {
             done: false,
             _call: std::marker::PhantomData,
         };
-        self.shared
-            .send(&ToAgent::Call {
-                id,
-                req: req.into(),
-            })
-            .await?;
+        let req = req.into();
+        crate::chain::send_in_order(self.shared.serial, id, |after| async move {
+            self.shared.send(&ToAgent::Call { id, req, after }).await
+        })
+        .await?;
         Ok(pending)
     }
 }

@@ -27,7 +27,7 @@
 
 use crate::host::{BecomeSpec, Controller, Module, Target};
 use crate::transport::{Destination, Password, SshOptions, Transport};
-use crate::{Error, Host};
+use crate::{Chain, Error, Host};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -212,9 +212,11 @@ async fn client(
     controller: Arc<Controller>,
     in_flight: Arc<InFlight>,
 ) -> anyhow::Result<()> {
-    // The last deferred step of this connection (it waits for the ones
-    // before it).
+    // The last deferred step of this connection (it reports the failures
+    // of the ones before it), and the chain that keeps them in order on
+    // the agent.
     let mut deferred: Option<Deferred> = None;
+    let chain = Arc::new(Chain::default());
     loop {
         let mut header = [0u8; 4];
         match stream.read_exact(&mut header).await {
@@ -227,27 +229,58 @@ async fn client(
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
         let reply = match serde_json::from_slice::<Value>(&body) {
-            Ok(req) if req["defer"].is_string() => {
-                let earlier = deferred.take();
+            Ok(req) if req["defer"] == "rm" => {
+                // Removing a task's temp dir: nothing waits for it, and its
+                // failure is never reported (Ansible only warns, after the
+                // task).
+                tracing::debug!("sent without waiting: {}", describe(&req));
                 let controller = controller.clone();
-                let in_flight = in_flight.clone();
                 let counted = InFlight::enter(in_flight.clone());
-                deferred = Some(tokio::spawn(async move {
+                tokio::spawn(async move {
                     let _counted = counted;
-                    // After a failure, later steps do not run.
-                    match settle(earlier).await {
-                        Some(failure) => Some(failure),
-                        None => deferred_step(&controller, req).await,
-                    }
-                }));
+                    let _ = handle(&controller, req).await;
+                });
                 json!({"rc": 0, "stdout": "", "stderr": ""})
             }
-            Ok(req) => match settle(deferred.take()).await {
-                Some(failure) => failure,
-                None => handle(&controller, req)
-                    .await
-                    .unwrap_or_else(|e| error_reply(&e)),
-            },
+            Ok(req) if req["defer"].is_string() => {
+                tracing::debug!("sent without waiting: {}", describe(&req));
+                let earlier = deferred.take();
+                let controller = controller.clone();
+                let counted = InFlight::enter(in_flight.clone());
+                let chain = chain.clone();
+                let (sent, on_sent) = tokio::sync::oneshot::channel();
+                deferred = Some(tokio::spawn(async move {
+                    let _counted = counted;
+                    let outcome = chain.step(sent, deferred_step(&controller, req)).await;
+                    // After a failure the agent skipped this step: report
+                    // the failure.
+                    settle(earlier).await.or(outcome)
+                }));
+                // The next step may go once this one is queued.
+                let _ = on_sent.await;
+                json!({"rc": 0, "stdout": "", "stderr": ""})
+            }
+            Ok(req) => {
+                let started = std::time::Instant::now();
+                let op = describe(&req);
+                let earlier = deferred.take();
+                let reply = if earlier.is_some() && on_login_link(&req) {
+                    // Sent at once, ordered after the deferred steps.
+                    let run = chain.follow(handle(&controller, req));
+                    let (failure, reply) = tokio::join!(settle(earlier), run);
+                    failure.unwrap_or_else(|| reply.unwrap_or_else(|e| error_reply(&e)))
+                } else {
+                    match settle(earlier).await {
+                        Some(failure) => failure,
+                        None => handle(&controller, req)
+                            .await
+                            .unwrap_or_else(|e| error_reply(&e)),
+                    }
+                };
+                chain.settled().await;
+                tracing::debug!(elapsed = ?started.elapsed(), "{op}");
+                reply
+            }
             Err(e) => json!({"error": format!("malformed request: {e}"), "unreachable": false}),
         };
         let bytes = serde_json::to_vec(&reply)?;
@@ -256,6 +289,33 @@ async fn client(
             .await?;
         stream.write_all(&bytes).await?;
     }
+}
+
+/// Whether `req` runs on the login account's agent, where the deferred
+/// steps run (so that it can be ordered after them there).
+fn on_login_link(req: &Value) -> bool {
+    req["become"].is_null()
+        && req["retire_users"]
+            .as_array()
+            .is_none_or(|users| users.is_empty())
+        && matches!(
+            req["op"].as_str(),
+            Some("exec" | "module" | "put" | "fetch")
+        )
+}
+
+/// A request in a few words, for the debug log (never its data).
+fn describe(req: &Value) -> String {
+    let op = req["op"].as_str().unwrap_or("?");
+    let what = match op {
+        "exec" => req["cmd"].as_str().unwrap_or_default(),
+        "module" => req["module"]["fqn"].as_str().unwrap_or_default(),
+        "put" => req["dst"].as_str().unwrap_or_default(),
+        "fetch" => req["src"].as_str().unwrap_or_default(),
+        _ => "",
+    };
+    let what: String = what.chars().take(80).collect();
+    format!("{op} {what}")
 }
 
 /// Waits for a connection's last deferred step; the failure it reports, if
@@ -273,10 +333,6 @@ async fn settle(step: Option<Deferred>) -> Option<Value> {
 async fn deferred_step(controller: &Controller, req: Value) -> Option<Value> {
     let step = req["defer"].clone();
     let cmd = req["cmd"].clone();
-    if step == "rm" {
-        let _ = handle(controller, req).await;
-        return None;
-    }
     match handle(controller, req).await {
         Ok(out) if out["rc"] == 0 || out["rc"].is_null() => None,
         Ok(out) => Some(json!({"deferred": {

@@ -33,6 +33,9 @@ pub enum ErrorKind {
     /// A request named cached code the agent does not hold; resend it with
     /// the code attached.
     CodeMissing,
+    /// The request was ordered after another (`ToAgent::Call`'s `after`)
+    /// that failed, so it did not run.
+    Skipped,
     #[serde(other)]
     Other,
 }
@@ -61,6 +64,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::Protocol => "protocol error",
             ErrorKind::CodeMissing => "code missing",
+            ErrorKind::Skipped => "skipped",
             ErrorKind::Other => "error",
         };
         f.write_str(s)

@@ -134,6 +134,7 @@ mod tests {
         let msg = ToAgent::Call {
             id: 7,
             req: Request::Ping(Ping {}),
+            after: None,
         };
         let bytes = encode(&msg).unwrap();
         for cut in 0..bytes.len() {

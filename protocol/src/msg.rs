@@ -16,7 +16,21 @@ pub type RequestId = u64;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToAgent {
     /// Start a request. Answered by exactly one [`FromAgent::Reply`].
-    Call { id: RequestId, req: Request },
+    Call {
+        id: RequestId,
+        req: Request,
+        /// Start it only once request `after` (sent earlier on this link)
+        /// has ended, and only if that one succeeded: a reply that is not
+        /// an error and, for [`Exec`] and [`RunModule`], exit status 0.
+        /// Otherwise it does not run and fails as [`ErrorKind::Skipped`].
+        /// An `after` the agent no longer knows counts as succeeded
+        /// (the agent remembers recent failures only). This lets the
+        /// controller send a chain of steps without waiting for each.
+        ///
+        /// [`ErrorKind::Skipped`]: crate::ErrorKind::Skipped
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<RequestId>,
+    },
     /// Payload of a streamed upload ([`Put`] without inline data). The
     /// controller sends at most [`crate::WINDOW`] frames beyond those the
     /// agent has acknowledged. `eof` marks the last frame.

@@ -133,6 +133,7 @@ impl Golden {
             ToAgent::Call {
                 id,
                 req: req.into(),
+                after: None,
             },
         );
     }
@@ -352,6 +353,14 @@ fn golden_encodings() {
         ToAgent::Ack {
             id: 6,
             frames: WINDOW,
+        },
+    );
+    g.downstream(
+        "call_ping_after",
+        ToAgent::Call {
+            id: 9,
+            req: Ping {}.into(),
+            after: Some(8),
         },
     );
     g.downstream("cancel", ToAgent::Cancel { id: 3 });
@@ -671,6 +680,7 @@ fn unit_enum_names() {
         (ErrorKind::Busy, "busy"),
         (ErrorKind::Protocol, "protocol"),
         (ErrorKind::CodeMissing, "code_missing"),
+        (ErrorKind::Skipped, "skipped"),
         (ErrorKind::Other, "other"),
     ];
     for (kind, expected) in kinds {

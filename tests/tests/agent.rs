@@ -3,7 +3,7 @@
 //! (under `qemu-aarch64-static`).
 
 use spindle_controller::protocol::{
-    frame, Exec, FromAgent, Ping, Reply, Request, ToAgent, HELLO_MAGIC,
+    frame, ErrorKind, Exec, FromAgent, Ping, Reply, Request, ToAgent, WireError, HELLO_MAGIC,
 };
 use spindle_tests::agents_dir;
 use std::io::{Read, Write};
@@ -52,10 +52,15 @@ fn send(child: &mut Child, msg: &ToAgent) {
 
 /// Reads frames until the reply to `id`, skipping logs.
 fn reply(child: &mut Child, id: u64) -> Reply {
+    outcome(child, id).unwrap()
+}
+
+/// Reads frames until the reply to `id`, skipping logs and other replies.
+fn outcome(child: &mut Child, id: u64) -> Result<Reply, WireError> {
     loop {
         match read_frame(child.stdout.as_mut().unwrap()) {
-            Some(FromAgent::Reply { id: got, result }) if got == id => return result.unwrap(),
-            Some(FromAgent::Log { .. }) => continue,
+            Some(FromAgent::Reply { id: got, result }) if got == id => return result,
+            Some(FromAgent::Reply { .. } | FromAgent::Log { .. }) => continue,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -121,6 +126,7 @@ fn eof_ends_the_agent_and_its_commands() {
         &ToAgent::Call {
             id: 1,
             req: Request::Exec(req),
+            after: None,
         },
     );
     std::thread::sleep(Duration::from_millis(200));
@@ -141,9 +147,65 @@ fn unknown_request_id_traffic_is_ignored() {
         &ToAgent::Call {
             id: 1,
             req: Request::Ping(Ping {}),
+            after: None,
         },
     );
     assert!(matches!(reply(&mut child, 1), Reply::Pong(_)));
+}
+
+fn call_after(child: &mut Child, id: u64, after: Option<u64>, script: &str) {
+    let req = Request::Exec(Exec::shell(script));
+    send(child, &ToAgent::Call { id, req, after });
+}
+
+/// A request sent with `after` starts once that request ended, and only if
+/// it succeeded; a chain stops at its first failure.
+#[test]
+fn after_orders_requests_and_stops_at_a_failure() {
+    let mut child = spawn("x86_64");
+    hello(&mut child);
+    let dir = std::env::temp_dir().join(format!("spindle-after-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    // Without `after` the second would find no file.
+    call_after(&mut child, 1, None, &format!("sleep 0.3; echo one > {d}/a"));
+    call_after(&mut child, 2, Some(1), &format!("cat {d}/a"));
+    match reply(&mut child, 2) {
+        Reply::Exec(r) => assert_eq!(r.stdout.as_ref(), b"one\n"),
+        other => panic!("{other:?}"),
+    }
+    // A command that exits with 1 fails the chain: the next two never run.
+    call_after(&mut child, 3, Some(2), "sleep 0.2; exit 1");
+    call_after(&mut child, 4, Some(3), &format!("touch {d}/b"));
+    call_after(&mut child, 5, Some(4), &format!("touch {d}/c"));
+    for id in [4, 5] {
+        let e = outcome(&mut child, id).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Skipped, "{e}");
+    }
+    // Also once the failed request has ended: it is remembered.
+    call_after(&mut child, 6, Some(3), &format!("touch {d}/d"));
+    assert_eq!(outcome(&mut child, 6).unwrap_err().kind, ErrorKind::Skipped);
+    for f in ["b", "c", "d"] {
+        assert!(!dir.join(f).exists(), "{f} was made");
+    }
+    // An `after` that ended well long ago, or that the agent never saw,
+    // holds nothing up.
+    call_after(&mut child, 7, Some(2), "true");
+    call_after(&mut child, 8, Some(1000), "true");
+    for id in [7, 8] {
+        assert!(matches!(reply(&mut child, id), Reply::Exec(r) if r.code == Some(0)));
+    }
+    // Cancelling a request that waits for another ends the wait.
+    call_after(&mut child, 9, None, "sleep 5");
+    call_after(&mut child, 10, Some(9), "true");
+    send(&mut child, &ToAgent::Cancel { id: 10 });
+    assert_eq!(
+        outcome(&mut child, 10).unwrap_err().kind,
+        ErrorKind::Cancelled
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    drop(child.stdin.take());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
 }
 
 /// The aarch64 agent really runs: hello, ping and a command, under qemu.
@@ -157,6 +219,7 @@ fn aarch64_agent_runs_under_qemu() {
         &ToAgent::Call {
             id: 1,
             req: Request::Ping(Ping {}),
+            after: None,
         },
     );
     assert!(matches!(reply(&mut child, 1), Reply::Pong(_)));
@@ -166,6 +229,7 @@ fn aarch64_agent_runs_under_qemu() {
         &ToAgent::Call {
             id: 2,
             req: Request::Exec(req),
+            after: None,
         },
     );
     match reply(&mut child, 2) {
