@@ -18,6 +18,8 @@
 #    been reaped (the child's life from fork and the CPU it used).
 # 4. Every task runs in its own forked child, so nothing a module does to its
 #    interpreter (patches, globals, environment, fds, atexit) reaches the next.
+# 5. The task's module is compiled here once per bundle (`compile_module`)
+#    and handed to children by a zipimport subclass (`use_compiled`).
 # The zygote stays single-threaded so that forking it is safe.
 import array, errno, json, os, re, select, signal, shutil, socket, sys, time
 
@@ -136,6 +138,55 @@ def stale(path):
     return STALE[path]
 
 
+# A task's module compiled once per bundle, here, rather than in every
+# child: zipimport compiles a source on each import (and runpy has it
+# compiled twice, once only for the file name). Keyed by (bundle, file in
+# it); None where compiling failed (the child then fails as it would).
+COMPILED = {}
+
+
+def compile_module(path, fqn):
+    inner = fqn.replace(".", "/") + ".py"
+    key = (path, inner)
+    if key in COMPILED or sys.version_info < (3, 8):
+        return
+    names = crcs(path)
+    # Only a plain source module: zipimport would prefer a compiled one or
+    # a package's __init__.
+    if inner not in names or inner + "c" in names or inner[:-3] + "/__init__.py" in names:
+        return
+    try:
+        import zipfile
+        source = zipfile.ZipFile(path).read(inner)
+        # What zipimport does with a source it finds.
+        source = source.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        COMPILED[key] = compile(source, path + "/" + inner, "exec", dont_inherit=True)
+    except Exception:
+        COMPILED[key] = None
+
+
+def use_compiled():
+    # In a child: zip entries on sys.path get an importer that hands out
+    # what COMPILED holds and is zipimport itself for everything else.
+    import zipimport
+
+    class Importer(zipimport.zipimporter):
+        def _compiled(self, fullname):
+            return COMPILED.get((self.archive, self.prefix + fullname.rpartition(".")[2] + ".py"))
+
+        def get_code(self, fullname):
+            code = self._compiled(fullname)
+            return code if code is not None else zipimport.zipimporter.get_code(self, fullname)
+
+        def get_filename(self, fullname):
+            code = self._compiled(fullname)
+            if code is not None:
+                return code.co_filename
+            return zipimport.zipimporter.get_filename(self, fullname)
+
+    sys.path_hooks[:] = [Importer if h is zipimport.zipimporter else h for h in sys.path_hooks]
+
+
 def run_child(req, path, fds):
     # Runs in the forked child; never returns.
     import atexit
@@ -200,6 +251,8 @@ def run_child(req, path, fds):
         # let them find this bundle's modules too.
         for name, mod in ansible_packages():
             mod.__path__.insert(0, path + "/" + name.replace(".", "/"))
+        if COMPILED:
+            use_compiled()
         sys.path_importer_cache.clear()
         code = run_module(req, path)
     except SystemExit as e:
@@ -398,6 +451,7 @@ def handle(req, fds):
             send({"op": "error", "id": req["id"], "message": "code %s not loaded" % req["hash"]})
             return
         refresh_resolver()
+        compile_module(path, req["fqn"])
         req["stale"] = stale(path)
         tmp = task_tmp(req)
         sys.stdout.flush()
