@@ -23,6 +23,7 @@ mod hello;
 mod login_env;
 mod out;
 mod python;
+mod shortcut;
 mod sys;
 
 use ctl::{Control, Data, DataTx};
@@ -255,6 +256,8 @@ fn start(id: RequestId, req: Request, after: Option<RequestId>) {
         if reg.len() >= MAX_REQUESTS {
             drop(reg);
             let busy = WireError::new(ErrorKind::Busy, "too many requests in flight");
+            // Requests ordered after it must not run.
+            ended(id, true);
             return finish(id, Err(busy));
         }
         if reg.contains_key(&id) {
@@ -282,8 +285,9 @@ fn start(id: RequestId, req: Request, after: Option<RequestId>) {
                 .and_then(|()| run(id, req, &control, data_rx));
             let failed = failed(&result);
             ended(id, failed);
-            control.end(failed);
+            // Its reply goes out before those of requests ordered after it.
             finish(id, result);
+            control.end(failed);
         });
     if let Err(e) = spawned {
         ended(id, true);

@@ -168,8 +168,19 @@ impl Module {
     pub fn new(zip: Vec<u8>, entry: ModuleEntry, fqn: String, params: String) -> Module {
         use sha2::Digest;
         let hash = hex::encode(sha2::Sha256::digest(&zip));
+        Module::with_bundle(zip.into(), hash, entry, fqn, params)
+    }
+
+    /// A module whose zip (and its hash) the caller already holds.
+    pub fn with_bundle(
+        zip: Arc<[u8]>,
+        hash: String,
+        entry: ModuleEntry,
+        fqn: String,
+        params: String,
+    ) -> Module {
         Module {
-            zip: zip.into(),
+            zip,
             hash,
             entry,
             fqn,
@@ -230,7 +241,8 @@ impl Host {
             )
             .await?,
         );
-        configure(&link).await?;
+        // Not part of whatever chain of steps the caller is in.
+        crate::chain::outside(configure(&link)).await?;
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -315,7 +327,8 @@ impl Host {
             other => other?,
         };
         let link = Arc::new(Link::child(&parent, child.child, *child.hello));
-        configure(&link).await?;
+        // Not part of whatever chain of steps the caller is in.
+        crate::chain::outside(configure(&link)).await?;
         accounts.insert(key, (link.clone(), std::time::Instant::now()));
         Ok(link)
     }

@@ -6,6 +6,7 @@ use spindle_controller::protocol::{
     frame, ErrorKind, Exec, FromAgent, Ping, Reply, Request, ToAgent, WireError, HELLO_MAGIC,
 };
 use spindle_tests::agents_dir;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdout, Command as Cmd, Stdio};
 use std::time::Duration;
@@ -57,13 +58,23 @@ fn reply(child: &mut Child, id: u64) -> Reply {
 
 /// Reads frames until the reply to `id`, skipping logs and other replies.
 fn outcome(child: &mut Child, id: u64) -> Result<Reply, WireError> {
-    loop {
+    outcomes(child, &[id]).remove(&id).unwrap()
+}
+
+/// Reads frames until the replies to all of `ids` (in any order) arrived,
+/// skipping logs and other replies.
+fn outcomes(child: &mut Child, ids: &[u64]) -> HashMap<u64, Result<Reply, WireError>> {
+    let mut got = HashMap::new();
+    while got.len() < ids.len() {
         match read_frame(child.stdout.as_mut().unwrap()) {
-            Some(FromAgent::Reply { id: got, result }) if got == id => return result,
+            Some(FromAgent::Reply { id, result }) if ids.contains(&id) => {
+                got.insert(id, result);
+            }
             Some(FromAgent::Reply { .. } | FromAgent::Log { .. }) => continue,
             other => panic!("unexpected {other:?}"),
         }
     }
+    got
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -178,8 +189,8 @@ fn after_orders_requests_and_stops_at_a_failure() {
     call_after(&mut child, 3, Some(2), "sleep 0.2; exit 1");
     call_after(&mut child, 4, Some(3), &format!("touch {d}/b"));
     call_after(&mut child, 5, Some(4), &format!("touch {d}/c"));
-    for id in [4, 5] {
-        let e = outcome(&mut child, id).unwrap_err();
+    for (_, outcome) in outcomes(&mut child, &[4, 5]) {
+        let e = outcome.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Skipped, "{e}");
     }
     // Also once the failed request has ended: it is remembered.
@@ -192,8 +203,8 @@ fn after_orders_requests_and_stops_at_a_failure() {
     // holds nothing up.
     call_after(&mut child, 7, Some(2), "true");
     call_after(&mut child, 8, Some(1000), "true");
-    for id in [7, 8] {
-        assert!(matches!(reply(&mut child, id), Reply::Exec(r) if r.code == Some(0)));
+    for (_, outcome) in outcomes(&mut child, &[7, 8]) {
+        assert!(matches!(outcome, Ok(Reply::Exec(r)) if r.code == Some(0)));
     }
     // Cancelling a request that waits for another ends the wait.
     call_after(&mut child, 9, None, "sleep 5");
