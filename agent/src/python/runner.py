@@ -21,7 +21,7 @@
 # 5. The task's module is compiled here once per bundle (`compile_module`)
 #    and handed to children by a zipimport subclass (`use_compiled`).
 # The zygote stays single-threaded so that forking it is safe.
-import array, errno, json, os, re, select, signal, shutil, socket, sys, time
+import array, errno, gc, json, os, re, select, signal, shutil, socket, sys, time
 
 SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 # Started with -c: the working directory leads the search path. A module's
@@ -153,16 +153,24 @@ def compile_module(path, fqn):
     names = crcs(path)
     # Only a plain source module: zipimport would prefer a compiled one or
     # a package's __init__.
-    if inner not in names or inner + "c" in names or inner[:-3] + "/__init__.py" in names:
+    package = inner[:-3] + "/__init__.py"
+    if inner not in names or inner + "c" in names or package in names or package + "c" in names:
         return
+    COMPILED[key] = None
     try:
-        import zipfile
+        import warnings, zipfile
         source = zipfile.ZipFile(path).read(inner)
         # What zipimport does with a source it finds.
         source = source.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        COMPILED[key] = compile(source, path + "/" + inner, "exec", dont_inherit=True)
+        with warnings.catch_warnings(record=True) as raised:
+            warnings.simplefilter("always")
+            code = compile(source, path + "/" + inner, "exec", dont_inherit=True)
+        # Warnings while compiling belong on the task's stderr, under its
+        # own filters: then each task compiles it, as in a stock run.
+        if not raised:
+            COMPILED[key] = code
     except Exception:
-        COMPILED[key] = None
+        pass
 
 
 def use_compiled():
@@ -193,6 +201,10 @@ def run_child(req, path, fds):
     code = 1
     try:
         atexit._clear()
+        # Whatever the zygote holds is left out of this child's garbage
+        # collections: they would walk (and so copy) all of its memory.
+        if FREEZE is not None:
+            FREEZE()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         SOCK.close()
@@ -466,6 +478,7 @@ def handle(req, fds):
         send({"op": "started", "id": req["id"], "pid": pid})
 
 
+FREEZE = getattr(gc, "freeze", None)
 WAKE_R, WAKE_W = os.pipe()
 for fd in (WAKE_R, WAKE_W):
     os.set_blocking(fd, False)
