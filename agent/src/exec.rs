@@ -15,7 +15,7 @@
 //!    streamed.
 
 use crate::ctl::{self, Control, Watch};
-use crate::{io_error, login_env, out, sys};
+use crate::{io_error, login_env, out, shortcut, sys};
 use spindle_protocol::{
     Blob, Command, ErrorKind, Exec, ExecResult, FromAgent, RequestId, StreamKind, WireError, CHUNK,
 };
@@ -53,6 +53,24 @@ pub fn kill_all() {
 }
 
 pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, WireError> {
+    if let Some(shortcut) = &req.shortcut {
+        match shortcut::apply(shortcut) {
+            Ok(()) => {
+                return Ok(ExecResult {
+                    code: Some(0),
+                    signal: None,
+                    timed_out: false,
+                    stdout: Blob::default(),
+                    stderr: Blob::default(),
+                })
+            }
+            // The command itself runs (and fails with its own words).
+            Err(e) => out::log(
+                spindle_protocol::LogLevel::Debug,
+                format!("request {id}: shortcut {e}; running the command"),
+            ),
+        }
+    }
     let mut cmd = match &req.command {
         Command::Argv(argv) => {
             let (prog, args) = argv

@@ -101,8 +101,10 @@ pub fn put(
         // After chown, which clears setuid/setgid bits.
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| io_error(format_args!("setting the mode of {}", req.path), e))?;
-        file.sync_all()
-            .map_err(|e| io_error(format_args!("syncing {}", req.path), e))?;
+        if !req.scratch {
+            file.sync_all()
+                .map_err(|e| io_error(format_args!("syncing {}", req.path), e))?;
+        }
         if req.atime.is_some() || req.mtime.is_some() {
             let t = |t: Option<Timestamp>| t.map(|t| (t.secs, t.nanos));
             sys::futimens(&file, t(req.atime), t(req.mtime))
@@ -116,8 +118,10 @@ pub fn put(
         .map_err(|e| io_error(format_args!("renaming into {}", req.path), e))?;
     // Make the rename itself durable. Best effort: some file systems refuse
     // to sync a directory.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
+    if !req.scratch {
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
     }
     Ok(PutResult { size: written })
 }

@@ -346,3 +346,24 @@ pub fn poll_readable(fds: &[i32], timeout: std::time::Duration) -> io::Result<Ve
         .map(|p| p.fd)
         .collect())
 }
+
+/// Whether `dir` carries a default ACL (which, not the umask, then decides
+/// the mode of what is made in it). Unknown counts as yes.
+pub fn has_default_acl(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return true;
+    };
+    let name = c"system.posix_acl_default";
+    // SAFETY: both strings are NUL-terminated; a null buffer of size 0 only
+    // asks for the attribute's size.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    if n >= 0 {
+        return true;
+    }
+    // No such attribute, or a file system without ACLs: no default ACL.
+    !matches!(
+        io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA | libc::ENOTSUP)
+    )
+}

@@ -8,6 +8,7 @@ plugin's), so inventories work unchanged. Two plugin files expose it:
 `connection_plugins/spindle.py` (`ansible_connection=spindle`) and
 `serve_ssh/ssh.py`, which serves every host whose connection is `ssh`.
 """
+import hashlib
 import importlib.util
 import json
 import os
@@ -286,7 +287,9 @@ class Connection(ConnectionBase):
             m = pattern.fullmatch(inner)
             if m and all(_TASK_TMP in p for p in m.group("paths").split(" ")):
                 display.vvv("SPINDLE: EXEC %s (not waiting)" % cmd, host=self._host())
-                self._call({"op": "exec", "cmd": cmd, "stdin": None, "become": None, "defer": step})
+                request = {"op": "exec", "cmd": cmd, "stdin": None, "become": None, "defer": step}
+                request["shortcut"] = _shortcut(step, m)
+                self._call(request)
                 return 0, stdout(m).encode(), b""
         return None
 
@@ -367,7 +370,9 @@ class Connection(ConnectionBase):
         if module is not None:
             python, env, parts = module
             display.vvv("SPINDLE: MODULE %s WITH %s%s" % (parts["fqn"], python, as_user), host=self._host())
-            parts["zip"] = _client.b64(parts["zip"])
+            # The bundle travels once per run: after that its key names it.
+            zip_b64 = parts.pop("zip_b64")
+            parts["zip_key"] = hashlib.sha256(zip_b64.encode("ascii")).hexdigest()
             request = {"op": "module", "python": python, "env": env, "module": parts}
             request["retire_users"] = _accounts_changed(parts)
         else:
@@ -381,6 +386,9 @@ class Connection(ConnectionBase):
                 request["env"] = {"TERM": os.environ["TERM"]}
         request["become"] = account
         reply = self._call(request)
+        if reply.get("need_zip"):
+            request["module"]["zip"] = zip_b64
+            reply = self._call(request)
         stdout, stderr = _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
         if request.get("pty"):
             stderr += self._tty_goodbye()
@@ -400,10 +408,12 @@ class Connection(ConnectionBase):
                 data = f.read(_INLINE_PUT + 1)
             if len(data) <= _INLINE_PUT:
                 display.vvv("SPINDLE: PUT %s TO %s (not waiting)" % (in_path, out_path), host=self._host())
-                self._call({"op": "put", "dst": out_path, "data": _client.b64(data), "defer": "put"})
+                self._call({"op": "put", "dst": out_path, "data": _client.b64(data), "defer": "put", "scratch": True})
                 return
         display.vvv("SPINDLE: PUT %s TO %s" % (in_path, out_path), host=self._host())
-        self._call({"op": "put", "src": in_path, "dst": out_path})
+        # A task's temp file is not synced to disk (Ansible's own transfers
+        # are not); anything else is.
+        self._call({"op": "put", "src": in_path, "dst": out_path, "scratch": _TASK_TMP in out_path})
 
     def fetch_file(self, in_path, out_path):
         super().fetch_file(in_path, out_path)
@@ -499,7 +509,7 @@ _DEFERRED = (
     ),
     (
         "chmod",
-        re.compile(r"chmod u\+[rwx]+ (?P<paths>%s(?: %s)*)" % (_PATH, _PATH) + _SLEEP),
+        re.compile(r"chmod u\+(?P<bits>[rwx]+) (?P<paths>%s(?: %s)*)" % (_PATH, _PATH) + _SLEEP),
         lambda m: "",
     ),
     (
@@ -508,6 +518,18 @@ _DEFERRED = (
         lambda m: "",
     ),
 )
+
+
+def _shortcut(step, m):
+    """What the temp dir step `m` of kind `step` does, for the agent to do
+    itself where it can (see the protocol's `Shortcut`)."""
+    paths = m.group("paths").split(" ")
+    if step == "mkdir":
+        return {"MakeDir": {"base": m.group("base"), "path": m.group("paths")}}
+    if step == "chmod":
+        bits = sum({"r": 0o400, "w": 0o200, "x": 0o100}[c] for c in set(m.group("bits")))
+        return {"AddModeBits": {"paths": paths, "bits": bits}}
+    return {"Remove": {"paths": paths}}
 
 
 def _shell_script(cmd):

@@ -28,10 +28,14 @@ class NotAnsiballZ(ValueError):
 
 _CALL = b"\n    _ansiballz_main(\n"
 _KWARG = re.compile(r"^\s*(\w+)=(.*),\s*$")
+# A string literal of base64 only: its text is its value (no need to parse
+# a few hundred KB of Python).
+_PLAIN_B64 = re.compile(r"'([A-Za-z0-9+/=]*)'")
 
 
 def split(payload):
-    """Returns a dict: ``zip`` (bytes), ``entry`` (``runpy`` or
+    """Returns a dict: ``zip_b64`` (the zip in base64, as the wrapper
+    carries it), ``entry`` (``runpy`` or
     ``loader``), ``fqn``, ``params`` (JSON text), ``profile``,
     ``extensions`` (JSON text or None), ``rlimit_nofile`` and
     ``module_name``."""
@@ -54,13 +58,14 @@ def _split_loader(payload):
         name, value = m.groups()
         if name == "date_time":
             continue  # only stamps a file the stock wrapper adds to the zip
-        kw[name] = ast.literal_eval(value)
+        plain = _PLAIN_B64.fullmatch(value) if name == "zip_data" else None
+        kw[name] = plain.group(1) if plain else ast.literal_eval(value)
     missing = {"zip_data", "module_fqn", "params", "profile"} - set(kw)
     if missing:
         raise NotAnsiballZ("wrapper call lacks %s" % ", ".join(sorted(missing)))
     extensions = kw.get("extensions") or {}
     return {
-        "zip": base64.b64decode(kw["zip_data"]),
+        "zip_b64": _b64_text(kw["zip_data"]),
         "entry": "loader",
         "fqn": kw["module_fqn"],
         "params": kw["params"],
@@ -69,6 +74,13 @@ def _split_loader(payload):
         "rlimit_nofile": int(kw.get("rlimit_nofile") or 0),
         "module_name": kw.get("ansible_module"),
     }
+
+
+def _b64_text(value):
+    """The zip's base64 as one ASCII string (decoded by the controller)."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii")
+    return "".join(value.split())
 
 
 def _line_value(payload, pattern):
@@ -85,7 +97,7 @@ def _split_runpy(payload):
     name = re.search(rb"prefix='ansible_' \+ ('[^']*')", payload)
     limit = re.search(rb"min\(existing_hard, (\d+)\)", payload)
     return {
-        "zip": base64.b64decode(zip_data),
+        "zip_b64": _b64_text(zip_data.decode("ascii")),
         "entry": "runpy",
         "fqn": fqn,
         "params": params,
@@ -102,12 +114,9 @@ def main(argv):
         return 2
     with open(argv[1], "rb") as f:
         parts = split(f.read())
-    zipdata = parts.pop("zip")
     if "--zip" in argv:
         with open(argv[argv.index("--zip") + 1], "wb") as f:
-            f.write(zipdata)
-    else:
-        parts["zip_b64"] = base64.b64encode(zipdata).decode()
+            f.write(base64.b64decode(parts.pop("zip_b64")))
     json.dump(parts, sys.stdout)
     return 0
 

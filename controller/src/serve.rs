@@ -32,8 +32,9 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use spindle_protocol::{Exec, ModuleEntry, Put};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -144,7 +145,10 @@ pub async fn serve(
     controller: Controller,
 ) -> anyhow::Result<()> {
     let listener = UnixListener::bind(socket)?;
-    let controller = Arc::new(controller);
+    let daemon = Arc::new(Daemon {
+        controller,
+        bundles: Mutex::default(),
+    });
     let in_flight = Arc::new(InFlight::default());
     let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
     tracing::info!(socket = %socket.display(), ?parent_pid, "serving");
@@ -172,10 +176,10 @@ pub async fn serve(
                         continue;
                     }
                 }
-                let controller = controller.clone();
+                let daemon = daemon.clone();
                 let in_flight = in_flight.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = client(stream, controller, in_flight).await {
+                    if let Err(e) = client(stream, daemon, in_flight).await {
                         tracing::debug!("plugin connection ended: {e}");
                     }
                 });
@@ -209,7 +213,7 @@ pub async fn serve(
 
 async fn client(
     mut stream: UnixStream,
-    controller: Arc<Controller>,
+    daemon: Arc<Daemon>,
     in_flight: Arc<InFlight>,
 ) -> anyhow::Result<()> {
     // The last deferred step of this connection (it reports the failures
@@ -232,26 +236,29 @@ async fn client(
             Ok(req) if req["defer"] == "rm" => {
                 // Removing a task's temp dir: nothing waits for it, and its
                 // failure is never reported (Ansible only warns, after the
-                // task).
+                // task). It runs once the steps before it have ended.
                 tracing::debug!("sent without waiting: {}", describe(&req));
-                let controller = controller.clone();
+                let daemon = daemon.clone();
                 let counted = InFlight::enter(in_flight.clone());
+                let chain = chain.clone();
                 tokio::spawn(async move {
                     let _counted = counted;
-                    let _ = handle(&controller, req).await;
+                    // After the steps that made what it removes.
+                    let _ = chain.after_all(handle(&daemon, req)).await;
                 });
                 json!({"rc": 0, "stdout": "", "stderr": ""})
             }
             Ok(req) if req["defer"].is_string() => {
                 tracing::debug!("sent without waiting: {}", describe(&req));
                 let earlier = deferred.take();
-                let controller = controller.clone();
+                let daemon = daemon.clone();
                 let counted = InFlight::enter(in_flight.clone());
                 let chain = chain.clone();
                 let (sent, on_sent) = tokio::sync::oneshot::channel();
                 deferred = Some(tokio::spawn(async move {
                     let _counted = counted;
-                    let outcome = chain.step(sent, deferred_step(&controller, req)).await;
+                    let step = deferred_step(&daemon, req);
+                    let outcome = chain.step(sent, step, Option::is_some).await;
                     // After a failure the agent skipped this step: report
                     // the failure.
                     settle(earlier).await.or(outcome)
@@ -266,13 +273,13 @@ async fn client(
                 let earlier = deferred.take();
                 let reply = if earlier.is_some() && on_login_link(&req) {
                     // Sent at once, ordered after the deferred steps.
-                    let run = chain.follow(handle(&controller, req));
+                    let run = chain.follow(handle(&daemon, req));
                     let (failure, reply) = tokio::join!(settle(earlier), run);
                     failure.unwrap_or_else(|| reply.unwrap_or_else(|e| error_reply(&e)))
                 } else {
                     match settle(earlier).await {
                         Some(failure) => failure,
-                        None => handle(&controller, req)
+                        None => handle(&daemon, req)
                             .await
                             .unwrap_or_else(|e| error_reply(&e)),
                     }
@@ -318,6 +325,37 @@ fn describe(req: &Value) -> String {
     format!("{op} {what}")
 }
 
+/// What `spindle serve` keeps for the run.
+struct Daemon {
+    controller: Controller,
+    /// Module bundles the plugin sent, by its key for them: (the zip, its
+    /// hash). A run uses a few dozen at most.
+    bundles: Mutex<HashMap<String, Bundle>>,
+}
+
+/// A module bundle: the zip and its hash.
+type Bundle = (Arc<[u8]>, String);
+
+impl Daemon {
+    /// The bundle of a `module` request: the one it carries (kept under its
+    /// `zip_key`), or the one kept under its `zip_key`; `None` if neither
+    /// (the plugin then sends it).
+    fn bundle(&self, m: &Value) -> Result<Option<Bundle>, Error> {
+        let key = m["zip_key"].as_str();
+        let mut bundles = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+        if m["zip"].is_string() {
+            use sha2::Digest;
+            let zip: Arc<[u8]> = unb64(&m["zip"], "zip")?.into();
+            let hash = hex::encode(sha2::Sha256::digest(&zip));
+            if let Some(key) = key {
+                bundles.insert(key.to_owned(), (zip.clone(), hash.clone()));
+            }
+            return Ok(Some((zip, hash)));
+        }
+        Ok(key.and_then(|key| bundles.get(key).cloned()))
+    }
+}
+
 /// Waits for a connection's last deferred step; the failure it reports, if
 /// any.
 async fn settle(step: Option<Deferred>) -> Option<Value> {
@@ -330,10 +368,10 @@ async fn settle(step: Option<Deferred>) -> Option<Value> {
 /// Runs a deferred step; `None` if it succeeded, else the reply that
 /// reports it to the connection's next request. Removing a temp dir is
 /// never reported: Ansible only warns when that fails, after the task.
-async fn deferred_step(controller: &Controller, req: Value) -> Option<Value> {
+async fn deferred_step(daemon: &Daemon, req: Value) -> Option<Value> {
     let step = req["defer"].clone();
     let cmd = req["cmd"].clone();
-    match handle(controller, req).await {
+    match handle(daemon, req).await {
         Ok(out) if out["rc"] == 0 || out["rc"].is_null() => None,
         Ok(out) => Some(json!({"deferred": {
             "step": step,
@@ -422,10 +460,18 @@ fn field<'a>(req: &'a Value, name: &str) -> Result<&'a str, Error> {
         .ok_or_else(|| Error::Local(format!("request lacks {name:?}")))
 }
 
-async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
+async fn handle(daemon: &Daemon, req: Value) -> Result<Value, Error> {
     let spec: TargetSpec = serde_json::from_value(req["target"].clone())
         .map_err(|e| Error::Local(format!("bad target: {e}")))?;
-    let host: Arc<Host> = controller.host(spec.target());
+    // A module's bundle: sent once per run, then named by its key.
+    let bundle = match req["op"].as_str() {
+        Some("module") => match daemon.bundle(&req["module"])? {
+            Some(bundle) => Some(bundle),
+            None => return Ok(json!({"need_zip": true})),
+        },
+        _ => None,
+    };
+    let host: Arc<Host> = daemon.controller.host(spec.target());
     let account = become_spec(&req["become"], spec.timeout.map(Duration::from_secs))?;
     let account = account.as_ref();
     // Accounts the request is about to remove or change: their idle child
@@ -494,6 +540,14 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             // What sshd sets for a session on a terminal (`TERM` from the
             // client's), say.
             exec.env = string_map(&req["env"]);
+            // Ansible's temp dir steps: done by the agent itself when it
+            // can do exactly what the command would.
+            if !req["shortcut"].is_null() {
+                exec.shortcut = Some(
+                    serde_json::from_value(req["shortcut"].clone())
+                        .map_err(|e| Error::Local(format!("bad shortcut: {e}")))?,
+                );
+            }
             if !req["stdin"].is_null() {
                 exec.stdin = Some(unb64(&req["stdin"], "stdin")?.into());
             }
@@ -508,8 +562,10 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
                 "loader" => ModuleEntry::Loader,
                 _ => ModuleEntry::Runpy,
             };
-            let mut module = Module::new(
-                unb64(&m["zip"], "zip")?,
+            let (zip, hash) = bundle.ok_or_else(|| Error::Local("no module bundle".into()))?;
+            let mut module = Module::with_bundle(
+                zip,
+                hash,
                 entry,
                 field(m, "fqn")?.to_owned(),
                 field(m, "params")?.to_owned(),
@@ -527,7 +583,8 @@ async fn handle(controller: &Controller, req: Value) -> Result<Value, Error> {
             )
         }
         "put" => {
-            let put = Put::new(field(&req, "dst")?);
+            let mut put = Put::new(field(&req, "dst")?);
+            put.scratch = req["scratch"].as_bool().unwrap_or(false);
             if req["data"].is_string() {
                 // A small file the plugin read itself (so that it may be
                 // sent without waiting: the local file may be gone by then).

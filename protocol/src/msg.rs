@@ -241,6 +241,28 @@ pub struct Exec {
     /// Kill the command's process group after this long.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// What the command does, for the agent to do itself when it can do
+    /// exactly that: then the reply is exit status 0 with no output, and
+    /// the command does not run. Otherwise (or if it fails) the command
+    /// runs as usual. Only for commands whose output on success is not
+    /// read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut: Option<Shortcut>,
+}
+
+/// A command's effect the agent can have without starting it (see
+/// [`Exec::shortcut`]): the steps Ansible takes for a task's temp dir.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shortcut {
+    /// `( umask 77 && mkdir -p BASE && mkdir BASE/NAME )`, taken only when
+    /// `base` exists: `path` (inside it) made with mode 0700.
+    MakeDir { base: String, path: String },
+    /// `chmod u+BITS PATHS`: `bits` (within 0o700) added to each path's
+    /// mode, symlinks followed.
+    AddModeBits { paths: Vec<String>, bits: u32 },
+    /// `rm -f -r PATHS`: each removed with everything under it (a symlink
+    /// itself, not what it points to); a missing one is no error.
+    Remove { paths: Vec<String> },
 }
 
 impl Exec {
@@ -262,6 +284,7 @@ impl Exec {
             stdin: None,
             pty: false,
             timeout_ms: None,
+            shortcut: None,
         }
     }
 }
@@ -289,7 +312,7 @@ pub struct ExecResult {
 
 /// Write a file atomically: a hidden temporary file in the destination
 /// directory receives the data, gets its mode and owner on the open file,
-/// is synced and renamed over `path`; then times are set.
+/// is synced (unless `scratch`) and renamed over `path`; then times are set.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Put {
     pub path: String,
@@ -311,6 +334,15 @@ pub struct Put {
     /// follows as [`ToAgent::Data`] frames.
     #[serde(default)]
     pub data: Option<Blob>,
+    /// A scratch file (Ansible's task temp files, which the task itself
+    /// moves into place or removes): written and renamed the same way but
+    /// not synced to disk, as Ansible's own transfers are not.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub scratch: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -181,6 +181,7 @@ fn golden_encodings() {
             stdin: None,
             pty: false,
             timeout_ms: None,
+            shortcut: None,
         },
     );
     g.call(
@@ -196,8 +197,40 @@ fn golden_encodings() {
             stdin: Some(binary()),
             pty: true,
             timeout_ms: Some(90_000),
+            shortcut: None,
         },
     );
+    let tmp = "/home/u/.ansible/tmp";
+    let task = "/home/u/.ansible/tmp/ansible-tmp-1-2-3";
+    let shortcuts = [
+        (
+            "call_exec_shortcut_make_dir",
+            Shortcut::MakeDir {
+                base: tmp.into(),
+                path: task.into(),
+            },
+        ),
+        (
+            "call_exec_shortcut_add_mode_bits",
+            Shortcut::AddModeBits {
+                paths: vec![task.into(), format!("{task}/AnsiballZ_copy.py")],
+                bits: 0o700,
+            },
+        ),
+        (
+            "call_exec_shortcut_remove",
+            Shortcut::Remove {
+                paths: vec![task.into()],
+            },
+        ),
+    ];
+    for (name, shortcut) in shortcuts {
+        let req = Exec {
+            shortcut: Some(shortcut),
+            ..Exec::shell(format!("the command for {name}"))
+        };
+        g.call(name, 3, req);
+    }
     g.call(
         "call_put_inline",
         4,
@@ -210,6 +243,18 @@ fn golden_encodings() {
             atime: Some(ts(-1, 999_999_999)),
             size: 6,
             data: Some(binary()),
+            scratch: false,
+        },
+    );
+    g.call(
+        "call_put_scratch",
+        4,
+        Put {
+            path: "/home/u/.ansible/tmp/ansible-tmp-1-2-3/source".into(),
+            size: 1,
+            data: Some(Blob(b"x".to_vec())),
+            scratch: true,
+            ..Put::default()
         },
     );
     g.call(
@@ -224,6 +269,7 @@ fn golden_encodings() {
             atime: None,
             size: 5 << 30,
             data: None,
+            scratch: false,
         },
     );
     g.call(

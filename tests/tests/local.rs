@@ -2,7 +2,7 @@
 //! local shell (the same command line and stages as over SSH) and every
 //! operation runs for real on this machine.
 
-use spindle_controller::protocol::{Exec, Put, StreamKind};
+use spindle_controller::protocol::{Exec, Put, Shortcut, StreamKind};
 use spindle_controller::{Controller, Destination, Host, Target, Transport};
 use spindle_tests::{agents, sha256};
 use std::sync::Arc;
@@ -211,6 +211,86 @@ async fn put_into_missing_directory_is_a_clear_error() {
     let err = host.put(&b"x"[..], 1, req).await.unwrap_err();
     assert!(!err.is_unreachable());
     assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
+}
+
+/// A shortcut has its command's effect without running it; where it
+/// cannot be sure of that, the command runs instead.
+#[tokio::test]
+async fn shortcuts_do_what_the_commands_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = local(None);
+    let dir = tempdir();
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    // Each command only says it ran: an empty reply means the shortcut was
+    // taken.
+    let run = |shortcut: Shortcut, command: &str| {
+        let req = Exec {
+            shortcut: Some(shortcut),
+            ..Exec::shell(command)
+        };
+        let host = host.clone();
+        async move { host.exec(req).await.unwrap() }
+    };
+    let task = format!("{dir}/ansible-tmp-1");
+    let make = |path: &str| Shortcut::MakeDir {
+        base: dir.clone(),
+        path: path.to_owned(),
+    };
+    let out = run(make(&task), "echo ran").await;
+    assert_eq!((out.code, &out.stdout[..]), (Some(0), &b""[..]));
+    assert_eq!(mode(&task), 0o700);
+    // It exists now: mkdir itself runs, and fails in its own words.
+    let out = run(make(&task), &format!("mkdir {task}")).await;
+    assert_eq!(out.code, Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("File exists"));
+    // A base that does not exist yet, a path outside the base, a relative
+    // path: the command runs.
+    let missing = Shortcut::MakeDir {
+        base: format!("{dir}/missing"),
+        path: format!("{dir}/missing/t"),
+    };
+    let outside = make("/elsewhere/t");
+    let relative = Shortcut::Remove {
+        paths: vec!["relative".into()],
+    };
+    for shortcut in [missing, outside, relative] {
+        let out = run(shortcut, "echo ran").await;
+        assert_eq!(out.stdout, b"ran\n");
+    }
+
+    let file = format!("{task}/AnsiballZ_x.py");
+    std::fs::write(&file, "x").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o4600)).unwrap();
+    let add = Shortcut::AddModeBits {
+        paths: vec![task.clone(), file.clone()],
+        bits: 0o100,
+    };
+    assert!(run(add, "echo ran").await.stdout.is_empty());
+    assert_eq!((mode(&task), mode(&file)), (0o700, 0o4700));
+    let beyond = Shortcut::AddModeBits {
+        paths: vec![file.clone()],
+        bits: 0o070,
+    };
+    assert_eq!(run(beyond, "echo ran").await.stdout, b"ran\n");
+
+    let link = format!("{dir}/link");
+    std::os::unix::fs::symlink(&task, &link).unwrap();
+    let remove = |paths: Vec<String>| Shortcut::Remove { paths };
+    let out = run(
+        remove(vec![link.clone(), format!("{dir}/never")]),
+        "echo ran",
+    )
+    .await;
+    assert!(out.stdout.is_empty());
+    assert!(std::fs::symlink_metadata(&link).is_err());
+    // The link went, not what it pointed to.
+    assert!(std::path::Path::new(&file).exists());
+    assert!(run(remove(vec![task.clone()]), "echo ran")
+        .await
+        .stdout
+        .is_empty());
+    assert!(std::fs::symlink_metadata(&task).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn tempdir() -> String {
