@@ -253,17 +253,17 @@ fn start(id: RequestId, req: Request, after: Option<RequestId>) {
     };
     let earlier = {
         let mut reg = registry();
+        if reg.contains_key(&id) {
+            drop(reg);
+            let dup = WireError::new(ErrorKind::Protocol, format!("request id {id} is in use"));
+            return finish(id, Err(dup));
+        }
         if reg.len() >= MAX_REQUESTS {
             drop(reg);
             let busy = WireError::new(ErrorKind::Busy, "too many requests in flight");
             // Requests ordered after it must not run.
             ended(id, true);
             return finish(id, Err(busy));
-        }
-        if reg.contains_key(&id) {
-            drop(reg);
-            let dup = WireError::new(ErrorKind::Protocol, format!("request id {id} is in use"));
-            return finish(id, Err(dup));
         }
         let earlier = Earlier::find(&reg, after);
         reg.insert(
@@ -291,7 +291,6 @@ fn start(id: RequestId, req: Request, after: Option<RequestId>) {
         });
     if let Err(e) = spawned {
         ended(id, true);
-        watched.end(true);
         finish(
             id,
             Err(WireError::new(
@@ -299,6 +298,7 @@ fn start(id: RequestId, req: Request, after: Option<RequestId>) {
                 format!("cannot start a thread: {e}"),
             )),
         );
+        watched.end(true);
     }
 }
 

@@ -61,15 +61,25 @@ impl Chain {
         fut: F,
         failed: impl FnOnce(&F::Output) -> bool,
     ) -> F::Output {
-        let (ended_tx, ended) = watch::channel(None);
-        let before = self.last.lock().await.replace(Last { sent: None, ended });
+        let (ended_tx, ended_rx) = watch::channel(None);
+        let before = self.last.lock().await.replace(Last {
+            sent: None,
+            ended: ended_rx,
+        });
         let step = Step {
             chain: self.clone(),
-            before: Some(before),
+            before: Some(before.clone()),
             sent: Mutex::new(Some(sent)),
         };
         let output = STEP.scope(Some(step), fut).await;
-        let _ = ended_tx.send(Some(failed(&output)));
+        // A step has ended once the steps before it have too (one that
+        // failed before sending did not wait for them), and has failed if
+        // any of them did.
+        let before_failed = match before {
+            Some(before) => ended(before.ended).await,
+            None => false,
+        };
+        let _ = ended_tx.send(Some(before_failed || failed(&output)));
         output
     }
 
@@ -153,6 +163,8 @@ where
         }
     }
     send(after).await?;
+    // A step sends one request (an exec or a put): once it has, the next
+    // step may already be the chain's last.
     if extends {
         if let Some(l) = last.as_mut() {
             l.sent = Some((link, id));

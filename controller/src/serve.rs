@@ -342,17 +342,17 @@ impl Daemon {
     /// (the plugin then sends it).
     fn bundle(&self, m: &Value) -> Result<Option<Bundle>, Error> {
         let key = m["zip_key"].as_str();
-        let mut bundles = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+        let bundles = || self.bundles.lock().unwrap_or_else(|e| e.into_inner());
         if m["zip"].is_string() {
             use sha2::Digest;
             let zip: Arc<[u8]> = unb64(&m["zip"], "zip")?.into();
             let hash = hex::encode(sha2::Sha256::digest(&zip));
             if let Some(key) = key {
-                bundles.insert(key.to_owned(), (zip.clone(), hash.clone()));
+                bundles().insert(key.to_owned(), (zip.clone(), hash.clone()));
             }
             return Ok(Some((zip, hash)));
         }
-        Ok(key.and_then(|key| bundles.get(key).cloned()))
+        Ok(key.and_then(|key| bundles().get(key).cloned()))
     }
 }
 
