@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 struct State {
     credit: u32,
     cancelled: bool,
+    /// A process group cancellation kills (see [`Control::guard`]).
+    group: Option<u32>,
     finished: bool,
     /// Set as the request's reply goes out: whether it failed.
     ended: Option<bool>,
@@ -66,8 +68,29 @@ impl Control {
     }
 
     pub fn cancel(&self) {
-        self.lock().cancelled = true;
+        let mut s = self.lock();
+        s.cancelled = true;
+        if let Some(pgid) = s.group {
+            crate::sys::kill_group(pgid);
+        }
         self.cv.notify_all();
+    }
+
+    /// From now until [`Control::unguard`], cancelling the request kills
+    /// process group `pgid` (at once if it is cancelled already).
+    pub fn guard(&self, pgid: u32) {
+        let mut s = self.lock();
+        if s.cancelled {
+            crate::sys::kill_group(pgid);
+        }
+        s.group = Some(pgid);
+    }
+
+    /// Ends [`Control::guard`]; whether the request was cancelled.
+    pub fn unguard(&self) -> bool {
+        let mut s = self.lock();
+        s.group = None;
+        s.cancelled
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -5,12 +5,13 @@
 //! 1. The command starts as the leader of a new session, so its whole
 //!    process group can be killed at once, and with PDEATHSIG so it dies
 //!    with the agent.
-//! 2. One thread per output stream reads it. Output accumulates up to
-//!    [`CHUNK`]; a full chunk is streamed to the controller under credit, so
-//!    a command that prints gigabytes only ever holds a window's worth.
-//! 3. A watchdog thread waits for the command to finish, the request to be
-//!    cancelled, or the timeout; on the latter two it kills the process
-//!    group.
+//! 2. The request's own thread reads stdout and stderr, whichever has
+//!    data. Output accumulates up to [`CHUNK`]; a full chunk is streamed to
+//!    the controller under credit, so a command that prints gigabytes only
+//!    ever holds a window's worth.
+//! 3. Cancelling the request kills the process group (the dispatcher does
+//!    it, see [`Control::guard`]); a timeout takes a timer thread that does
+//!    the same when it passes.
 //! 4. The reply carries the exit status and whatever output was not yet
 //!    streamed.
 
@@ -140,56 +141,52 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let exited = AtomicBool::new(false);
     let outcome = thread::scope(|s| {
-        let watchdog = spawn_in(s, || {
-            let w = control.watch(deadline);
-            if w != Watch::Finished {
-                sys::kill_group(pgid);
-            }
-            w
-        });
-
-        let exited = &exited;
-        let what = &what;
-        let (output, status) = match pty_master {
-            Some(master) => {
-                if let (Ok(mut dst), Some(bytes)) = (master.try_clone(), stdin_bytes.as_deref()) {
-                    spawn_in(s, move || {
-                        let _ = dst.write_all(bytes);
+        guarded(s, control, pgid, deadline, || {
+            let exited = &exited;
+            let what = &what;
+            match pty_master {
+                Some(master) => {
+                    if let (Ok(mut dst), Some(bytes)) = (master.try_clone(), stdin_bytes.as_deref())
+                    {
+                        spawn_in(s, move || {
+                            let _ = dst.write_all(bytes);
+                        });
+                    }
+                    // Waited for beside the reading: the command's end, not
+                    // the terminal's, ends the output (see `PtyOutput`).
+                    let child = &mut child;
+                    let waiter = spawn_in(s, move || wait(child, what, exited));
+                    let stream = PtyOutput::new(master, exited);
+                    let output = (
+                        pump(id, StreamKind::Stdout, stream, control),
+                        Ok(Vec::new()),
+                    );
+                    let status = waiter.join().unwrap_or_else(|_| {
+                        Err(WireError::new(ErrorKind::Io, "waiting for the command"))
                     });
+                    (output, status)
                 }
-                // Waited for beside the reading: the command's end, not the
-                // terminal's, ends the output (see `PtyOutput`).
-                let child = &mut child;
-                let waiter = spawn_in(s, move || wait(child, what, exited));
-                let output = collect(s, id, PtyOutput::new(master, exited), None, control);
-                let status = waiter.join().unwrap_or_else(|_| {
-                    Err(WireError::new(ErrorKind::Io, "waiting for the command"))
-                });
-                (output, status)
-            }
-            None => {
-                // Present: all three were configured as pipes above.
-                let pipe = |p: std::os::fd::OwnedFd| File::from(p);
-                let stdout = pipe(child.stdout.take().expect("piped stdout").into());
-                let stderr = child.stderr.take().map(|e| pipe(e.into()));
-                if let (Some(i), Some(bytes)) = (child.stdin.take(), stdin_bytes.as_deref()) {
-                    let mut dst = pipe(i.into());
-                    spawn_in(s, move || {
-                        // A command that exits without reading its stdin is
-                        // normal.
-                        let _ = dst.write_all(bytes);
-                    });
+                None => {
+                    // Present: all three were configured as pipes above.
+                    let pipe = |p: std::os::fd::OwnedFd| File::from(p);
+                    let stdout = pipe(child.stdout.take().expect("piped stdout").into());
+                    let stderr = pipe(child.stderr.take().expect("piped stderr").into());
+                    if let (Some(i), Some(bytes)) = (child.stdin.take(), stdin_bytes.as_deref()) {
+                        let mut dst = pipe(i.into());
+                        spawn_in(s, move || {
+                            // A command that exits without reading its
+                            // stdin is normal.
+                            let _ = dst.write_all(bytes);
+                        });
+                    }
+                    let output = collect(id, stdout, stderr, control);
+                    (output, wait(&mut child, what, exited))
                 }
-                let output = collect(s, id, stdout, stderr, control);
-                (output, wait(&mut child, what, exited))
             }
-        };
-        control.finish();
-        let watch = watchdog.join().unwrap_or(Watch::Finished);
-        (output, watch, status)
+        })
     });
     running().remove(&pgid);
-    let (output, watch, status) = outcome;
+    let ((output, status), watch) = outcome;
     result(output, watch, status)
 }
 
@@ -210,22 +207,138 @@ fn wait(
 /// Output of a finished command: (stdout, stderr) not yet streamed.
 pub type Output = (Result<Vec<u8>, WireError>, Result<Vec<u8>, WireError>);
 
-/// Reads a command's stdout here and its stderr (if separate) on a helper
-/// thread, both to their end.
-pub fn collect<'scope>(
+/// Runs `work`, which ends once process group `pgid`'s command has, while
+/// cancelling the request, or `deadline` passing, kills that group. Only a
+/// deadline takes a thread (a timer); cancellation is the dispatcher's.
+pub fn guarded<'scope, T>(
     s: &'scope thread::Scope<'scope, '_>,
-    id: RequestId,
-    stdout: impl Read,
-    stderr: Option<File>,
     control: &'scope Control,
-) -> Output {
-    let stderr = stderr.map(|src| spawn_in(s, move || pump(id, StreamKind::Stderr, src, control)));
-    let stdout = pump(id, StreamKind::Stdout, stdout, control);
-    let stderr = match stderr {
-        Some(h) => h.join().unwrap_or(Ok(Vec::new())),
-        None => Ok(Vec::new()),
+    pgid: u32,
+    deadline: Option<Instant>,
+    work: impl FnOnce() -> T,
+) -> (T, Watch) {
+    control.guard(pgid);
+    let timer = deadline.map(|d| {
+        spawn_in(s, move || {
+            let w = control.watch(Some(d));
+            if w == Watch::TimedOut {
+                sys::kill_group(pgid);
+            }
+            w
+        })
+    });
+    let done = work();
+    let cancelled = control.unguard();
+    control.finish();
+    let timed_out = timer.is_some_and(|t| t.join().ok() == Some(Watch::TimedOut));
+    let watch = if cancelled {
+        Watch::Cancelled
+    } else if timed_out {
+        Watch::TimedOut
+    } else {
+        Watch::Finished
     };
-    (stdout, stderr)
+    (done, watch)
+}
+
+/// Reads a command's stdout and stderr to their ends, both on this thread
+/// (whichever has data). Full chunks are streamed as they fill; what
+/// remains is returned for the reply. After cancellation output is read
+/// and dropped, so the command is never blocked on a full pipe.
+pub fn collect(id: RequestId, stdout: File, stderr: File, control: &Control) -> Output {
+    use std::os::fd::AsRawFd;
+    let mut streams = [
+        Stream::new(StreamKind::Stdout, stdout),
+        Stream::new(StreamKind::Stderr, stderr),
+    ];
+    loop {
+        let open: Vec<i32> = streams
+            .iter()
+            .filter_map(|s| s.src.as_ref().map(|f| f.as_raw_fd()))
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        let ready = match sys::poll_readable(&open, Duration::from_secs(3600)) {
+            Ok(ready) => ready,
+            Err(e) => {
+                for s in &mut streams {
+                    s.fail(io_error("waiting for command output", e.kind().into()));
+                }
+                break;
+            }
+        };
+        for s in &mut streams {
+            if s.src
+                .as_ref()
+                .is_some_and(|f| ready.contains(&f.as_raw_fd()))
+            {
+                s.read(id, control);
+            }
+        }
+    }
+    let [out, err] = streams.map(Stream::into_rest);
+    (out, err)
+}
+
+/// One output stream of a command, read by [`collect`].
+struct Stream {
+    kind: StreamKind,
+    /// Open until its end or an error.
+    src: Option<File>,
+    buf: Vec<u8>,
+    error: Option<WireError>,
+}
+
+impl Stream {
+    fn new(kind: StreamKind, src: File) -> Self {
+        Stream {
+            kind,
+            src: Some(src),
+            buf: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// One read, as the stream is ready; streams the chunk once full.
+    fn read(&mut self, id: RequestId, control: &Control) {
+        let Some(src) = self.src.as_mut() else { return };
+        // Most commands print little: reads start small and grow with the
+        // output, up to a chunk.
+        let start = self.buf.len();
+        let room = (CHUNK - start).min(start.max(FIRST_READ));
+        self.buf.resize(start + room, 0);
+        let got = src.read(&mut self.buf[start..]);
+        self.buf.truncate(start + *got.as_ref().unwrap_or(&0));
+        match got {
+            Ok(0) => self.src = None,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => self.fail(io_error("reading command output", e)),
+        }
+        if self.buf.len() == CHUNK {
+            let data = std::mem::take(&mut self.buf);
+            if control.take().is_ok() {
+                out::out().send(FromAgent::Stream {
+                    id,
+                    kind: self.kind,
+                    data: data.into(),
+                });
+            }
+        }
+    }
+
+    fn fail(&mut self, e: WireError) {
+        self.src = None;
+        self.error.get_or_insert(e);
+    }
+
+    fn into_rest(self) -> Result<Vec<u8>, WireError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.buf),
+        }
+    }
 }
 
 /// Builds the reply from what [`collect`] read, the watchdog's verdict and

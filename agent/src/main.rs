@@ -6,8 +6,8 @@
 //! plain. Structure:
 //! - the main thread reads frames ([`dispatch`]) and never blocks on work;
 //! - one writer thread alone owns stdout ([`out`]);
-//! - each request runs on its own worker thread, at most [`MAX_REQUESTS`]
-//!   at once, with a [`ctl::Control`] the dispatcher uses to grant stream
+//! - each request runs on a worker thread of its own ([`pool`]), at most
+//!   [`MAX_REQUESTS`] at once, with a [`ctl::Control`] the dispatcher uses to grant stream
 //!   credit and cancel it.
 //!
 //! When stdin closes (the controller went away) or a malformed frame arrives,
@@ -22,6 +22,7 @@ mod files;
 mod hello;
 mod login_env;
 mod out;
+mod pool;
 mod python;
 mod shortcut;
 mod sys;
@@ -277,18 +278,16 @@ fn start(id: RequestId, req: Request, after: Option<RequestId>) {
     };
     // Requests ordered after this one wait on it.
     let watched = control.clone();
-    let spawned = std::thread::Builder::new()
-        .stack_size(WORKER_STACK)
-        .spawn(move || {
-            let result = earlier
-                .wait(&control)
-                .and_then(|()| run(id, req, &control, data_rx));
-            let failed = failed(&result);
-            ended(id, failed);
-            // Its reply goes out before those of requests ordered after it.
-            finish(id, result);
-            control.end(failed);
-        });
+    let spawned = pool::run(WORKER_STACK, move || {
+        let result = earlier
+            .wait(&control)
+            .and_then(|()| run(id, req, &control, data_rx));
+        let failed = failed(&result);
+        ended(id, failed);
+        // Its reply goes out before those of requests ordered after it.
+        finish(id, result);
+        control.end(failed);
+    });
     if let Err(e) = spawned {
         ended(id, true);
         finish(

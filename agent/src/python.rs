@@ -16,7 +16,7 @@
 //!    the least recently used idle one, waiting if all are busy. A zygote
 //!    that dies is replaced on next use; tasks it was running fail.
 
-use crate::ctl::{Control, Watch};
+use crate::ctl::Control;
 use crate::{exec, io_error, login_env, out, sys};
 use serde::Deserialize;
 use spindle_protocol::{
@@ -433,24 +433,11 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
     let deadline = req
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
-    let (output, watch, status) = std::thread::scope(|s| {
-        let watchdog = s.spawn(|| {
-            let w = control.watch(deadline);
-            if w != Watch::Finished {
-                sys::kill_group(pid);
-            }
-            w
-        });
-        let output = exec::collect(
-            s,
-            id,
-            File::from(stdout_r),
-            Some(File::from(stderr_r)),
-            control,
-        );
-        let status = wait_exit(&rx);
-        control.finish();
-        (output, watchdog.join().unwrap_or(Watch::Finished), status)
+    let ((output, status), watch) = std::thread::scope(|s| {
+        exec::guarded(s, control, pid, deadline, || {
+            let output = exec::collect(id, File::from(stdout_r), File::from(stderr_r), control);
+            (output, wait_exit(&rx))
+        })
     });
     exec::running().remove(&pid);
     let status = status.map(|exit| {

@@ -44,6 +44,31 @@ async fn exec_output_status_env_cwd_stdin() {
     assert!(err.to_string().contains("not found"), "{err}");
 }
 
+/// Both streams, each several chunks long and written in turns: all of
+/// each arrives, in order, on its own stream (one thread reads both).
+#[tokio::test]
+async fn large_interleaved_stdout_and_stderr() {
+    let host = local(None);
+    let script = "i=0; while [ $i -lt 150 ]; do \
+        printf '%07d' $i | head -c 7; head -c 9993 /dev/zero | tr '\\0' o; \
+        printf '%07d' $i >&2; head -c 9993 /dev/zero | tr '\\0' e >&2; \
+        i=$((i+1)); done";
+    let out = host.exec(Exec::shell(script)).await.unwrap();
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr[..200.min(out.stderr.len())])
+    );
+    for (stream, fill) in [(&out.stdout, b'o'), (&out.stderr, b'e')] {
+        assert_eq!(stream.len(), 150 * 10_000);
+        for (i, block) in stream.chunks(10_000).enumerate() {
+            assert_eq!(&block[..7], format!("{i:07}").as_bytes());
+            assert!(block[7..].iter().all(|&b| b == fill));
+        }
+    }
+}
+
 #[tokio::test]
 async fn pty_merges_output_and_is_a_terminal() {
     let host = local(None);
