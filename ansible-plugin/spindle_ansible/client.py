@@ -37,6 +37,36 @@ def _private_dir():
     return path
 
 
+def _run_pid():
+    """The run's process: Ansible runs connection plugins in worker
+    processes it forks, except for `meta: reset_connection`, which the
+    run's own process carries out."""
+    import multiprocessing
+    if multiprocessing.parent_process() is None:
+        return os.getpid()
+    return os.getppid()
+
+
+def _sweep(where):
+    """Removes the sockets and lock files of runs that are gone (a
+    controller killed with its run cannot remove its own); logs stay."""
+    for name in os.listdir(where):
+        pid, dot, rest = name.partition(".")
+        if not dot or rest not in ("sock", "sock.lock") or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # alive, someone else's
+        try:
+            os.unlink(os.path.join(where, name))
+        except OSError:
+            pass
+
+
 def _spindle_binary():
     """SPINDLE_BIN, else the binary an installed package ships, else
     `spindle` on PATH, else a build in the checkout this file is in."""
@@ -58,12 +88,20 @@ class Client(object):
     """A connection to the run's controller, opened on first use."""
 
     def __init__(self, run_pid=None):
-        self.run_pid = run_pid or os.getppid()
+        self.run_pid = run_pid or _run_pid()
         self.sock = None
 
+    def _path(self):
+        return os.path.join(_private_dir(), "%d.sock" % self.run_pid)
+
+    def attach(self):
+        """Connects to the run's controller if it is running; whether it is."""
+        if self.sock is None:
+            self.sock = self._try(self._path())
+        return self.sock is not None
+
     def _connect(self):
-        where = _private_dir()
-        path = os.path.join(where, "%d.sock" % self.run_pid)
+        path = self._path()
         sock = self._try(path)
         if sock is None:
             with open(path + ".lock", "w") as lock:
@@ -86,6 +124,7 @@ class Client(object):
     def _start(self, path):
         if os.path.exists(path):
             os.unlink(path)  # left by a controller that died
+        _sweep(os.path.dirname(path))
         log = open(path[: -len(".sock")] + ".log", "ab")
         subprocess.Popen(
             [_spindle_binary(), "serve", "--socket", path, "--parent-pid", str(self.run_pid)],

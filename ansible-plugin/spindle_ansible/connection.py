@@ -421,6 +421,14 @@ class Connection(ConnectionBase):
         self._call({"op": "fetch", "src": in_path, "dst": out_path})
 
     def reset(self):
+        # As with the ssh plugin, whatever this object did so far: `meta:
+        # reset_connection`, wait_for_connection and reboot reset a fresh
+        # one. The host's link is dropped; the next request makes a new one.
+        # Without a controller yet there is nothing to drop.
+        if self._client is None:
+            client = _client.Client()
+            if client.attach():
+                self._client = client
         if self._client is not None:
             self._call({"op": "reset"})
         if self._stock is not None:

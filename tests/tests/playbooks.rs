@@ -49,6 +49,13 @@ fn spindle_strategies() -> Result<()> {
     Ok(())
 }
 
+/// `reboot` (with commands that act like one on a testbed host) and
+/// `wait_for_connection`: the connection drops, the actions reconnect.
+#[test]
+fn reboot_and_wait_for_connection() -> Result<()> {
+    same_under_stock_and_spindle("connection/reboot.yml")
+}
+
 #[test]
 fn connection_basics() -> Result<()> {
     same_under_stock_and_spindle("connection/basic.yml")
