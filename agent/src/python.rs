@@ -8,10 +8,10 @@
 //!    SOCK_SEQPACKET socket carrying JSON messages and descriptors. A bundle
 //!    is handed to a zygote (as its memfd) before its first use there.
 //! 3. To run a module the agent makes the task's stdin/stdout/stderr pipes,
-//!    passes their far ends with the request, and the zygote forks a child
-//!    that runs the module on them. The agent pumps the output exactly as for
-//!    `Exec`, and the zygote reports the child's pid and, once reaped, its
-//!    exit status.
+//!    passes their far ends with the request, and the zygote runs the
+//!    module on them in a child of its own (forked ahead of the task when it
+//!    can). The agent pumps the output exactly as for `Exec`, and the zygote
+//!    reports the child's pid and, once the task has ended, its exit status.
 //! 4. At most [`MAX_INTERPRETERS`] zygotes live at once; a new one replaces
 //!    the least recently used idle one, waiting if all are busy. A zygote
 //!    that dies is replaced on next use; tasks it was running fail.
@@ -68,8 +68,8 @@ struct Message {
     signal: Option<i32>,
     #[serde(default)]
     message: String,
-    /// For "exit": the task's process from fork to reaping, and the CPU
-    /// time it used.
+    /// For "exit": the time from handing the task to its child until it
+    /// ended, and the CPU time that child (and its children) used.
     #[serde(default)]
     wall_us: u64,
     #[serde(default)]

@@ -303,11 +303,24 @@ async fn interpreter_cap_and_replacement() -> Result<()> {
         .exec(spindle_controller::protocol::Exec::shell(links))
         .await?;
     let dir = String::from_utf8(dir.stdout)?.trim().to_owned();
+    // Interpreters, not the spare children they fork ahead of tasks (which
+    // share their command line).
     let zygotes = |th: &spindle_tests::TestHost| -> Result<Vec<(u32, String)>> {
-        Ok(th
+        let pythons: Vec<(u32, String)> = th
             .processes_of(LOGIN_UID)?
             .into_iter()
             .filter(|(_, cmd)| cmd.contains("exec(sys.stdin.read())"))
+            .collect();
+        let parent = |pid: u32| -> Option<u32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+        };
+        Ok(pythons
+            .iter()
+            .filter(|(pid, _)| {
+                parent(*pid).is_none_or(|ppid| !pythons.iter().any(|(p, _)| *p == ppid))
+            })
+            .cloned()
             .collect())
     };
     for i in 1..=21 {

@@ -15,13 +15,25 @@
 #    runs the module as the stock AnsiballZ wrapper would, with its standard
 #    streams on the given pipes; reply {"op": "started", "id", "pid"}, and
 #    {"op": "exit", "id", "code", "signal", "wall_us", "cpu_us"} once it has
-#    been reaped (the child's life from fork and the CPU it used).
+#    ended (the time from handing it the task, and its CPU). A child that
+#    finishes its task closes its pipes and leaves its exit code in its
+#    "box" (a shared page block, no descriptor a module could see) just
+#    before it exits, and signals SIGUSR1 (`collect_done`); one that dies
+#    otherwise is reaped.
 # 4. Every task runs in its own forked child, so nothing a module does to its
 #    interpreter (patches, globals, environment, fds, atexit) reaches the next.
 # 5. The task's module is compiled here once per bundle (`compile_module`)
 #    and handed to children by a zipimport subclass (`use_compiled`).
+# 6. Between tasks the zygote forks a spare child that gets ready for a task
+#    (`prepare`) and waits for one, so a task does not wait for the fork. A
+#    spare is only used while the zygote's state it copied is current
+#    (`GEN`); otherwise it is let go and the task's child is forked then.
+# 7. A child copies each page of the zygote's memory it writes to (reference
+#    counts make that most pages a module touches). A few children per
+#    module note which pages they copied (`written_pages`), and a spare
+#    copies those ahead of its task (`pretouch`).
 # The zygote stays single-threaded so that forking it is safe.
-import array, errno, gc, json, os, re, select, signal, shutil, socket, sys, time
+import array, errno, gc, json, mmap, os, re, resource, select, signal, shutil, socket, sys, time
 
 SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 # Started with -c: the working directory leads the search path. A module's
@@ -29,7 +41,7 @@ SOCK = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 3)
 sys.path[:] = [p for p in sys.path if p not in ("", ".")]
 MAX_PACKET = 1 << 20
 codes = {}  # hash -> (zip path readable by us and our children, memfd)
-children = {}  # pid -> (request id, task temp dir or None, clock() at fork)
+children = {}  # pid -> [request id, task temp dir or None, clock() at dispatch, module, box, learns(, reported)]
 TMP = {}  # remote_tmp -> this interpreter's private temp dir under it
 TMPDIR_NULL = re.compile(r'"_ansible_tmpdir"\s*:\s*null')
 REMOTE_TMP = re.compile(r'"_ansible_remote_tmp"\s*:\s*("(?:[^"\\]|\\.)*")')
@@ -52,6 +64,8 @@ def send(obj):
 
 
 def ansible_packages():
+    # Walks every module (which, in a child, would copy the pages of each
+    # one it touches): children use the list kept in PACKAGES.
     for name, mod in list(sys.modules.items()):
         if name == "ansible" or name.startswith(("ansible.", "ansible_collections")):
             if getattr(mod, "__path__", None) is not None:
@@ -100,6 +114,7 @@ def warm(path):
 
 
 WARM = {}  # module -> (file inside its bundle, CRC) for modules loaded from one
+PACKAGES = []  # ansible_packages() as of the last warm-up
 CRCS = {}  # bundle path -> {file: CRC}
 STALE = {}  # bundle path -> stale(path), until WARM grows
 
@@ -115,6 +130,7 @@ def crcs(path):
 
 
 def note_warm():
+    PACKAGES[:] = list(ansible_packages())
     paths = [p + "/" for p, _ in codes.values()]
     for name, mod in list(sys.modules.items()):
         origin = getattr(mod, "__file__", None) or ""
@@ -157,6 +173,7 @@ def compile_module(path, fqn):
     if inner not in names or inner + "c" in names or package in names or package + "c" in names:
         return
     COMPILED[key] = None
+    changed()
     try:
         import warnings, zipfile
         source = zipfile.ZipFile(path).read(inner)
@@ -195,26 +212,71 @@ def use_compiled():
     sys.path_hooks[:] = [Importer if h is zipimport.zipimporter else h for h in sys.path_hooks]
 
 
-def run_child(req, path, fds):
-    # Runs in the forked child; never returns.
+def prepare():
+    # In a new child, before (or as) it learns its task: leave the zygote's
+    # ways behind.
     import atexit
+    atexit._clear()
+    # Whatever the zygote holds is left out of this child's garbage
+    # collections: they would walk (and so copy) all of its memory.
+    if FREEZE is not None:
+        FREEZE()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    SOCK.close()
+    os.close(WAKE_R)
+    os.close(WAKE_W)
+    os.setsid()
+    # The bundles stay reachable through the zygote's /proc entry; the
+    # module must not see (or pass on) our descriptors.
+    for _, code_fd in codes.values():
+        os.close(code_fd)
+    # Nor the spare's socket and box, nor other tasks' boxes.
+    if SPARE is not None:
+        SPARE[1].close()
+        SPARE[3].close()
+    for entry in children.values():
+        entry[4].close()
+    children.clear()
+    if COMPILED:
+        use_compiled()
+
+
+def spare_child(sock, box):
+    # Runs in a spare; never returns. Its task comes as [req, path] with the
+    # task's three descriptors; the end of the stream without one means it
+    # is not needed.
+    global BOX, LEARNING
+    BOX = box
+    try:
+        prepare()
+        pretouch(sock)
+        fds = array.array("i")
+        chunk, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(3 * fds.itemsize))
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+        if not chunk:
+            os._exit(0)
+        parts = [chunk]
+        while chunk:
+            chunk = sock.recv(1 << 16)
+            parts.append(chunk)
+        sock.close()
+        req, path = json.loads(b"".join(parts).decode("utf-8"))
+        LEARNING = req.get("learn", False)
+    except BaseException:
+        os._exit(1)
+    run_child(req, path, list(fds))
+
+
+def run_child(req, path, fds):
+    # Runs in the task's child, prepared; never returns.
+    global TASK_PID
+    TASK_PID = os.getpid()
     code = 1
     try:
-        atexit._clear()
-        # Whatever the zygote holds is left out of this child's garbage
-        # collections: they would walk (and so copy) all of its memory.
-        if FREEZE is not None:
-            FREEZE()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        SOCK.close()
-        os.close(WAKE_R)
-        os.close(WAKE_W)
-        os.setsid()
-        # The bundles stay reachable through the zygote's /proc entry; the
-        # module must not see (or pass on) our descriptors.
-        for _, code_fd in codes.values():
-            os.close(code_fd)
         for i, fd in enumerate(fds):
             os.dup2(fd, i)
             os.close(fd)
@@ -261,10 +323,8 @@ def run_child(req, path, fds):
         sys.path.insert(0, path)
         # Packages imported while warming keep the zygote's search path:
         # let them find this bundle's modules too.
-        for name, mod in ansible_packages():
+        for name, mod in PACKAGES:
             mod.__path__.insert(0, path + "/" + name.replace(".", "/"))
-        if COMPILED:
-            use_compiled()
         sys.path_importer_cache.clear()
         code = run_module(req, path)
     except SystemExit as e:
@@ -333,40 +393,212 @@ def finish(code):
             s.flush()
         except BaseException:
             pass
-    os._exit(code)
+    # The task is over: its descriptors close now (releasing any lock held
+    # through them), and the zygote learns the exit code, rather than once
+    # the kernel has torn this process down. Not in a process the module
+    # forked that ended up here.
+    try:
+        if BOX is not None and os.getpid() == TASK_PID:
+            report(code)
+    finally:
+        os._exit(code)
+
+
+def report(code):
+    pages = array.array("Q")
+    if LEARNING:
+        try:
+            pages = written_pages()[: BOX_BYTES // 8 - 4]
+        except Exception:
+            pass
+    cpu = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        cpu += usage.ru_utime + usage.ru_stime
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            os.close(int(fd))
+        except OSError:
+            pass
+    fields = [code & 0xFF, int(cpu * 1e6), len(pages)]
+    BOX[32 : 32 + 8 * len(pages)] = pages.tobytes()
+    BOX[8:32] = array.array("q", fields).tobytes()
+    # Written last and checked against the fields: a reader that sees it
+    # sees them.
+    BOX[0:8] = array.array("q", [seal(fields)]).tobytes()
+    if os.getppid() == ZYGOTE:
+        os.kill(ZYGOTE, signal.SIGUSR1)
+
+
+def seal(fields):
+    # Never 0 (a box nobody wrote).
+    return (fields[0] * 1000003 + fields[1] * 10007 + fields[2]) % (1 << 61) + 1
+
+
+# Every task's child reports through a box: shared memory of BOX_BYTES,
+# [seal, exit code, CPU microseconds, pages noted] then those pages.
+BOX_BYTES = 1 << 16
+BOX = None  # in a child: its box
+TASK_PID = None  # in a child: its pid once it runs its task
+ZYGOTE = os.getpid()
+
+# Pages of the zygote's memory that children copied, for spares to copy
+# ahead of their tasks. Learnt from the first LEARN_TASKS children of each
+# module (the last LEARN_MODULES modules are kept), and from every
+# LEARN_EVERY-th task, through their boxes.
+LEARN_TASKS = 2
+LEARN_EVERY = 64
+LEARN_MODULES = 6
+LEARNT = {}  # module -> page addresses, oldest learnt first
+LEARNS = {}  # module -> children learnt from
+TASKS = [0]
+LEARNING = False  # in a child: whether to note its pages
+MADVISE = []  # [libc.madvise] once pages are learnt and the kernel can populate
+MADV_POPULATE_WRITE = 23
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def written_pages():
+    # Pages present in our private writable mappings and no longer shared
+    # (pagemap bits 63 and 56): the ones this child copied.
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            f = line.split(None, 2)
+            if f[1][1] == "w" and f[1][3] == "p":
+                start, end = f[0].split("-")
+                ranges.append((int(start, 16), int(end, 16)))
+    pages = array.array("Q")
+    with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+        for start, end in ranges:
+            pagemap.seek(start // PAGE * 8)
+            entries = array.array("Q", pagemap.read((end - start) // PAGE * 8))
+            pages.extend(start + i * PAGE for i, e in enumerate(entries) if e >> 56 & 0x81 == 0x81)
+    return pages
+
+
+def should_learn(fqn):
+    # Whether this task's child should note the pages it copies.
+    TASKS[0] += 1
+    if LEARNS.get(fqn, 0) >= LEARN_TASKS and TASKS[0] % LEARN_EVERY:
+        return False
+    return can_populate()
+
+
+def can_populate():
+    # Whether madvise(MADV_POPULATE_WRITE) works here (Linux 5.14 on).
+    if not MADVISE:
+        fn = None
+        try:
+            import ctypes
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            fn.restype = ctypes.c_int
+            probe = mmap.mmap(-1, PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            address = ctypes.addressof(ctypes.c_char.from_buffer(probe))
+            if fn(address, PAGE, MADV_POPULATE_WRITE) != 0:
+                fn = None
+        except Exception:
+            fn = None
+        MADVISE.append(fn)
+    return MADVISE[0] is not None
+
+
+def learnt(fqn, pages):
+    LEARNS[fqn] = LEARNS.get(fqn, 0) + 1
+    LEARNT.pop(fqn, None)
+    LEARNT[fqn] = pages
+    while len(LEARNT) > LEARN_MODULES:
+        del LEARNT[next(iter(LEARNT))]
+
+
+def pretouch(sock):
+    # In a spare: copy the learnt pages now, in runs, until its task comes.
+    if not LEARNT or not MADVISE or MADVISE[0] is None:
+        return
+    pages = set()
+    for learnt_pages in LEARNT.values():
+        pages.update(learnt_pages)
+    runs = []
+    for page in sorted(pages):
+        if runs and runs[-1][0] + runs[-1][1] == page:
+            runs[-1][1] += PAGE
+        else:
+            runs.append([page, PAGE])
+    madvise = MADVISE[0]
+    for i, (start, length) in enumerate(runs):
+        if i % 32 == 0 and select.select([sock], [], [], 0)[0]:
+            return
+        madvise(start, length, MADV_POPULATE_WRITE)
 
 
 clock = getattr(time, "monotonic", time.time)
 
 
 def reap():
+    ended = False
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except OSError as e:
             if e.errno == errno.EINTR:
                 continue
-            return
+            break
         if pid == 0:
-            return
-        rid, tmp, forked = children.pop(pid, (None, None, None))
-        if rid is None:
+            break
+        if pid not in children:
+            if SPARE is not None and SPARE[0] == pid:
+                drop_spare()
             continue
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        msg = {
-            "op": "exit",
-            "id": rid,
-            "code": None,
-            "signal": None,
-            "wall_us": int((clock() - forked) * 1e6),
-            "cpu_us": int((usage.ru_utime + usage.ru_stime) * 1e6),
-        }
         if os.WIFSIGNALED(status):
-            msg["signal"] = os.WTERMSIG(status)
+            code, signum = None, os.WTERMSIG(status)
         else:
-            msg["code"] = os.WEXITSTATUS(status)
-        send(msg)
+            code, signum = os.WEXITSTATUS(status), None
+        ended |= task_ended(pid, code, signum, usage.ru_utime + usage.ru_stime)
+        del children[pid]
+    # Between tasks: the next one finds its child ready.
+    if ended:
+        fork_spare()
+
+
+def collect_done():
+    # Children that finished their task left it in their boxes.
+    ended = False
+    for pid, entry in list(children.items()):
+        box = entry[4]
+        if len(entry) > 6:
+            continue
+        fields = list(array.array("q", box[8:32]))
+        if array.array("q", box[:8])[0] != seal(fields):
+            continue
+        code, cpu_us, count = fields
+        if entry[5] and count:
+            learnt(entry[3], array.array("Q", box[32 : 32 + 8 * count]))
+        ended |= task_ended(pid, code, None, cpu_us / 1e6)
+    if ended:
+        fork_spare()
+
+
+def task_ended(pid, code, signum, cpu):
+    # Reports a task's end once (whether this call did).
+    entry = children[pid]
+    rid, tmp, started, fqn, box, learn = entry[:6]
+    if len(entry) > 6:
+        return False
+    entry.append(True)
+    if box is not None:
+        box.close()
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    send({
+        "op": "exit",
+        "id": rid,
+        "code": code,
+        "signal": signum,
+        "wall_us": int((clock() - started) * 1e6),
+        "cpu_us": int(cpu * 1e6),
+    })
+    return True
 
 
 def private_tmp(remote_tmp):
@@ -388,6 +620,7 @@ def private_tmp(remote_tmp):
         return None
     send({"op": "tmpdir", "message": path})
     TMP[remote_tmp] = path
+    changed()  # tempfile is imported now
     return path
 
 
@@ -440,6 +673,7 @@ def refresh_resolver():
     if now == RESOLV:
         return
     RESOLV = now
+    changed()
     try:
         import ctypes
         libc = ctypes.CDLL(None)
@@ -448,12 +682,81 @@ def refresh_resolver():
         pass
 
 
+GEN = 0  # bumped by every change to the zygote a child would inherit
+SPARE = None  # (pid, socket, GEN when forked, box) of the spare child
+
+
+def changed():
+    global GEN
+    GEN += 1
+    drop_spare()
+
+
+def drop_spare():
+    # A spare whose socket closes without a task ends by itself.
+    global SPARE
+    if SPARE is not None:
+        SPARE[1].close()
+        SPARE[3].close()
+        SPARE = None
+
+
+def fork_spare():
+    global SPARE
+    if SPARE is not None or not codes:
+        return
+    made = []
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        made += [ours, theirs]
+        box = mmap.mmap(-1, BOX_BYTES)
+        made.append(box)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+    except Exception:
+        # Only a head start is lost (out of processes or memory, say).
+        for thing in made:
+            thing.close()
+        return
+    if pid == 0:
+        ours.close()
+        spare_child(theirs, box)
+    theirs.close()
+    SPARE = (pid, ours, GEN, box)
+
+
+def to_spare(req, path, fds):
+    # Hands the task to the spare if it is current: (its pid, its box),
+    # else None.
+    global SPARE
+    spare, SPARE = SPARE, None
+    if spare is None:
+        return None
+    pid, sock, gen, box = spare
+    try:
+        if gen == GEN:
+            data = json.dumps([req, path]).encode("utf-8")
+            sent = sock.sendmsg([data[:MAX_PACKET]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            sock.sendall(data[sent:])
+            return pid, box
+    except OSError:
+        # It died: the task gets a child of its own.
+        pass
+    finally:
+        sock.close()
+    box.close()
+    return None
+
+
 def handle(req, fds):
+    global BOX, LEARNING
     op = req.get("op")
     if op == "code":
         os.set_inheritable(fds[0], False)
         path = "/proc/%d/fd/%d" % (os.getpid(), fds[0])
         codes[req["hash"]] = (path, fds[0])
+        changed()
         warm(path)
     elif op == "run":
         path = codes.get(req["hash"], (None, None))[0]
@@ -466,15 +769,39 @@ def handle(req, fds):
         compile_module(path, req["fqn"])
         req["stale"] = stale(path)
         tmp = task_tmp(req)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        forked = clock()
-        pid = os.fork()
-        if pid == 0:
-            run_child(req, path, fds)
+        req["learn"] = should_learn(req["fqn"])
+        started = clock()
+        # A child that learns starts fresh: a spare's copies would count as
+        # its own.
+        spare = None if req["learn"] else to_spare(req, path, fds)
+        if spare is not None:
+            pid, box = spare
+        else:
+            box = None
+            try:
+                box = mmap.mmap(-1, BOX_BYTES)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+            except Exception as e:
+                if box is not None:
+                    box.close()
+                for fd in fds:
+                    os.close(fd)
+                if tmp:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                send({"op": "error", "id": req["id"], "message": "cannot start the task: %s" % e})
+                return
+            if pid == 0:
+                BOX, LEARNING = box, req["learn"]
+                try:
+                    prepare()
+                except BaseException:
+                    os._exit(1)
+                run_child(req, path, fds)
         for fd in fds:
             os.close(fd)
-        children[pid] = (req["id"], tmp, forked)
+        children[pid] = [req["id"], tmp, started, req["fqn"], box, req["learn"]]
         send({"op": "started", "id": req["id"], "pid": pid})
 
 
@@ -484,6 +811,7 @@ for fd in (WAKE_R, WAKE_W):
     os.set_blocking(fd, False)
 signal.set_wakeup_fd(WAKE_W)
 signal.signal(signal.SIGCHLD, lambda *_: None)
+signal.signal(signal.SIGUSR1, lambda *_: None)  # a child finished its task
 send({"op": "ready", "pid": os.getpid(), "version": list(sys.version_info[:3])})
 while True:
     try:
@@ -497,6 +825,7 @@ while True:
             os.read(WAKE_R, 512)
         except OSError:
             pass
+        collect_done()
         reap()
     if SOCK in ready:
         req, fds = recv()
