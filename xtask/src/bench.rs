@@ -373,7 +373,7 @@ fn modules(args: &Args) -> Result<()> {
     )?;
     writeln!(
         table,
-        "| module | in the agent (request to reply) | task's process (fork to exit) | its CPU | overhead (agent minus process) |"
+        "| module | in the agent (request to reply) | task's process (task handed over to its end) | its CPU | overhead (agent minus process) |"
     )?;
     writeln!(table, "|---|---|---|---|---|")?;
     table.push_str(&on_target);
