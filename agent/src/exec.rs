@@ -20,11 +20,11 @@ use crate::{io_error, login_env, out, shortcut, sys};
 use spindle_protocol::{
     Blob, Command, ErrorKind, Exec, ExecResult, FromAgent, RequestId, StreamKind, WireError, CHUNK,
 };
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{self, Stdio};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
@@ -72,68 +72,72 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
             ),
         }
     }
-    let mut cmd = match &req.command {
+    let shell;
+    let argv: Vec<&OsStr> = match &req.command {
         Command::Argv(argv) => {
-            let (prog, args) = argv
-                .split_first()
-                .ok_or_else(|| WireError::new(ErrorKind::InvalidInput, "empty argv"))?;
-            let mut c = process::Command::new(prog);
-            c.args(args);
-            c
+            if argv.is_empty() {
+                return Err(WireError::new(ErrorKind::InvalidInput, "empty argv"));
+            }
+            argv.iter().map(OsStr::new).collect()
         }
         Command::Shell(script) => {
-            let mut c = process::Command::new("/bin/sh");
-            c.arg("-c").arg(script);
-            c
+            shell = ["/bin/sh", "-c", script.as_str()];
+            shell.iter().map(OsStr::new).collect()
         }
     };
     // As a fresh login would see it, then the request's own variables.
     let login = login_env::delta();
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
     for k in &login.unset {
-        cmd.env_remove(k);
+        env.remove(OsStr::new(k));
     }
-    cmd.envs(login.set);
-    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    let strings = login.set.into_iter().chain(req.env);
+    env.extend(strings.map(|(k, v)| (k.into(), v.into())));
     // A directory the account may not enter is no reason to fail: the
     // command starts where the agent is, as sudo leaves a command in a
     // directory its account cannot enter. (A missing one fails the spawn.)
-    if let Some(cwd) = req.cwd.as_deref().filter(|d| !sys::denied(d)) {
-        cmd.current_dir(cwd);
-    }
+    let cwd = req.cwd.as_deref().filter(|d| !sys::denied(d));
+    let what = describe(&req.command);
+    let failed = |e| io_error(format_args!("running {what}"), e);
+    let prepared = sys::Prepared::new(&argv, env, cwd).map_err(failed)?;
     let stdin_bytes = req.stdin.map(Blob::into_inner);
 
     // With a pty, the child's three standard streams are the terminal and
-    // we talk to its master side; otherwise plain pipes.
+    // we talk to its master side; otherwise plain pipes. The child's ends
+    // are closed here once it has started.
     let mut pty_master = None;
-    if req.pty {
+    let (mut stdin, mut stdout, mut stderr) = (None, None, None);
+    let pgid = if req.pty {
         let (master, slave) =
             sys::openpty().map_err(|e| io_error("opening a pseudo-terminal", e))?;
-        let dup = |s: &std::os::fd::OwnedFd| {
-            s.try_clone()
-                .map_err(|e| io_error("duplicating the terminal", e))
-        };
-        cmd.stdin(Stdio::from(dup(&slave)?));
-        cmd.stdout(Stdio::from(dup(&slave)?));
-        cmd.stderr(Stdio::from(slave));
         pty_master = Some(File::from(master));
+        let s = slave.as_raw_fd();
+        sys::spawn(&prepared, [s, s, s], true)
     } else {
-        cmd.stdin(if stdin_bytes.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        cmd.stdout(Stdio::piped());
-        cmd.stderr(Stdio::piped());
+        let pipe = || sys::pipe().map_err(|e| io_error("making a pipe", e));
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        stdout = Some(File::from(out_r));
+        stderr = Some(File::from(err_r));
+        let input_r;
+        let input = match stdin_bytes {
+            Some(_) => {
+                let (r, w) = pipe()?;
+                stdin = Some(File::from(w));
+                input_r = r;
+                input_r.as_raw_fd()
+            }
+            None => sys::dev_null()
+                .map_err(|e| io_error("opening /dev/null", e))?
+                .as_raw_fd(),
+        };
+        sys::spawn(
+            &prepared,
+            [input, out_w.as_raw_fd(), err_w.as_raw_fd()],
+            false,
+        )
     }
-    sys::own_session(&mut cmd, req.pty);
-
-    let what = describe(&req.command);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| io_error(format_args!("running {what}"), e))?;
-    // The slave ends live only in the child now.
-    drop(cmd);
-    let pgid = child.id();
+    .map_err(failed)?;
     running().insert(pgid);
 
     let deadline = req
@@ -154,8 +158,7 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
                     }
                     // Waited for beside the reading: the command's end, not
                     // the terminal's, ends the output (see `PtyOutput`).
-                    let child = &mut child;
-                    let waiter = spawn_in(s, move || wait(child, what, exited));
+                    let waiter = spawn_in(s, move || wait(pgid, what, exited));
                     let stream = PtyOutput::new(master, exited);
                     let output = (
                         pump(id, StreamKind::Stdout, stream, control),
@@ -167,12 +170,10 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
                     (output, status)
                 }
                 None => {
-                    // Present: all three were configured as pipes above.
-                    let pipe = |p: std::os::fd::OwnedFd| File::from(p);
-                    let stdout = pipe(child.stdout.take().expect("piped stdout").into());
-                    let stderr = pipe(child.stderr.take().expect("piped stderr").into());
-                    if let (Some(i), Some(bytes)) = (child.stdin.take(), stdin_bytes.as_deref()) {
-                        let mut dst = pipe(i.into());
+                    // Present: both were made pipes above.
+                    let stdout = stdout.take().expect("piped stdout");
+                    let stderr = stderr.take().expect("piped stderr");
+                    if let (Some(mut dst), Some(bytes)) = (stdin.take(), stdin_bytes.as_deref()) {
                         spawn_in(s, move || {
                             // A command that exits without reading its
                             // stdin is normal.
@@ -180,7 +181,7 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
                         });
                     }
                     let output = collect(id, stdout, stderr, control);
-                    (output, wait(&mut child, what, exited))
+                    (output, wait(pgid, what, exited))
                 }
             }
         })
@@ -190,16 +191,13 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
     result(output, watch, status)
 }
 
-/// Waits for `child`; notes in `exited` that it ended.
+/// Waits for command `pid`; notes in `exited` that it ended.
 fn wait(
-    child: &mut process::Child,
+    pid: u32,
     what: &str,
     exited: &AtomicBool,
 ) -> Result<(Option<i32>, Option<i32>), WireError> {
-    let status = child
-        .wait()
-        .map(|st| (st.code(), st.signal()))
-        .map_err(|e| io_error(format_args!("waiting for {what}"), e));
+    let status = sys::wait(pid).map_err(|e| io_error(format_args!("waiting for {what}"), e));
     exited.store(true, Ordering::SeqCst);
     status
 }

@@ -10,6 +10,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+mod spawn;
+pub use spawn::{spawn, Prepared};
+
 /// Takes ownership of stdin and stdout as files, bypassing std's line
 /// buffering of stdout (frames are binary).
 pub fn stdio_files() -> (File, File) {
@@ -32,32 +35,48 @@ pub fn close_extra_fds() {
     }
 }
 
-/// Makes the child of `cmd` lead a new session (so the whole process group
-/// can be killed at once) and die if the agent dies. With `pty`, the
-/// terminal on the child's stdin becomes its controlling terminal.
-pub fn own_session(cmd: &mut Command, pty: bool) {
-    // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe functions (setsid, ioctl, prctl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if pty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            Ok(())
-        })
-    };
-}
-
 /// Waits for child `pid` to end (it must be ours, and nobody else may reap
 /// it).
 pub fn reap(pid: u32) {
     let mut status = 0;
     // SAFETY: waitpid on our own child with a valid status pointer.
     unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+}
+
+/// Waits for child `pid` to end: (exit code, signal), as
+/// `ExitStatus::code` and `signal` give them.
+pub fn wait(pid: u32) -> io::Result<(Option<i32>, Option<i32>)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        if unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) } >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    })
+}
+
+/// `/dev/null`, opened once, close-on-exec (children get their own copy).
+pub fn dev_null() -> io::Result<&'static File> {
+    static NULL: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f);
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    Ok(NULL.get_or_init(|| f))
 }
 
 /// Sends SIGKILL to process group `pgid`.

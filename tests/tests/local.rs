@@ -69,6 +69,65 @@ async fn large_interleaved_stdout_and_stderr() {
     }
 }
 
+/// A command starts as `execvp` would start it: looked up in its own
+/// `PATH` (a non-executable match is passed over), in a session of its own,
+/// with no signal blocked and neither SIGPIPE nor SIGXFSZ ignored (the
+/// agent ignores both).
+#[tokio::test]
+async fn commands_start_as_execvp_starts_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = local(None);
+    let dir = tempdir();
+    let (first, second) = (format!("{dir}/a"), format!("{dir}/b"));
+    for (d, mode, text) in [(&first, 0o644, "first"), (&second, 0o755, "second")] {
+        std::fs::create_dir(d).unwrap();
+        let prog = format!("{d}/spindle-hello");
+        std::fs::write(&prog, format!("#!/bin/sh\necho {text} \"$@\"\n")).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut req = Exec::argv(["spindle-hello", "there"]);
+    req.env = vec![("PATH".into(), format!("/nonexistent:{first}:{second}"))];
+    let out = host.exec(req).await.unwrap();
+    assert_eq!(out.stdout, b"second there\n");
+
+    // Only a file that may not be executed: that is the error.
+    let mut req = Exec::argv(["spindle-hello"]);
+    req.env = vec![("PATH".into(), first.clone())];
+    let err = host.exec(req).await.unwrap_err().to_string();
+    assert!(
+        err.contains("spindle-hello") && err.contains("denied"),
+        "{err}"
+    );
+
+    let mut req = Exec::argv(["true"]);
+    req.cwd = Some(format!("{dir}/missing"));
+    let err = host.exec(req).await.unwrap_err().to_string();
+    assert!(
+        err.contains("not found") || err.contains("No such file"),
+        "{err}"
+    );
+
+    // Fields of /proc/self/stat after the command name: state ppid pgrp
+    // session; then the signal masks from /proc/self/status.
+    let script = "read -r pid rest < /proc/self/stat; \
+        set -- ${rest##*) }; echo \"$$ $3 $4\"; \
+        grep -E '^Sig(Blk|Ign)' /proc/$$/status";
+    let out = host.exec(Exec::argv(["sh", "-c", script])).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let ids: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_eq!(ids[0], ids[1], "the process group is the command's: {text}");
+    assert_eq!(ids[0], ids[2], "the session is the command's: {text}");
+    let mask = |name: &str| {
+        let line = lines.clone().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.rsplit('\t').next().unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk"), 0, "{text}");
+    let (pipe, xfsz) = (1 << (13 - 1), 1 << (25 - 1));
+    assert_eq!(mask("SigIgn") & (pipe | xfsz), 0, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn pty_merges_output_and_is_a_terminal() {
     let host = local(None);
