@@ -68,7 +68,7 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
             // The command itself runs (and fails with its own words).
             Err(e) => out::log(
                 spindle_protocol::LogLevel::Debug,
-                format!("request {id}: shortcut {e}; running the command"),
+                format!("request {id}: shortcut not taken ({e}); running the command"),
             ),
         }
     }
@@ -474,7 +474,7 @@ impl Read for PtyOutput<'_> {
     }
 }
 
-fn describe(cmd: &Command) -> String {
+pub fn describe(cmd: &Command) -> String {
     let s = match cmd {
         Command::Argv(argv) => argv.join(" "),
         Command::Shell(s) => s.clone(),

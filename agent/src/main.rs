@@ -279,9 +279,27 @@ fn start(id: RequestId, req: Request, after: Option<RequestId>) {
     // Requests ordered after this one wait on it.
     let watched = control.clone();
     let spawned = pool::run(WORKER_STACK, move || {
+        let what = out::logs(LogLevel::Debug).then(|| summary(&req));
+        let t0 = std::time::Instant::now();
         let result = earlier
             .wait(&control)
             .and_then(|()| run(id, req, &control, data_rx));
+        if let Some(what) = what {
+            let outcome = match &result {
+                Ok(Reply::Exec(r)) => match (r.code, r.signal) {
+                    (Some(code), _) => format!("exit {code}"),
+                    (_, Some(sig)) => format!("signal {sig}"),
+                    _ => "ended".into(),
+                },
+                Ok(_) => "done".into(),
+                Err(e) => format!("failed: {}", e.message),
+            };
+            let us = t0.elapsed().as_micros();
+            out::log(
+                LogLevel::Debug,
+                format!("request {id} {what}: {outcome}, {us} us"),
+            );
+        }
         let failed = failed(&result);
         ended(id, failed);
         // Its reply goes out before those of requests ordered after it.
@@ -321,6 +339,22 @@ fn run(
             out::set_log_level(c.log_level);
             Ok(Reply::Pong(Default::default()))
         }
+    }
+}
+
+/// A request in a few words, for its debug record.
+fn summary(req: &Request) -> String {
+    match req {
+        Request::Ping(_) => "ping".into(),
+        Request::Exec(e) => format!("exec {}", exec::describe(&e.command)),
+        Request::Put(p) => format!("put {:?}", p.path),
+        Request::Fetch(f) => format!("fetch {:?}", f.path),
+        Request::Stat(s) => format!("stat {:?}", s.path),
+        Request::MakeTempDir(_) => "temp dir".into(),
+        Request::RemoveTempDir(t) => format!("remove temp dir {:?}", t.path),
+        Request::RunModule(m) => format!("module {} with {}", m.fqn, m.python),
+        Request::Become(b) => format!("{} as {}", b.method, b.user),
+        Request::Configure(_) => "configure".into(),
     }
 }
 

@@ -87,9 +87,13 @@ def _spindle_binary():
 class Client(object):
     """A connection to the run's controller, opened on first use."""
 
-    def __init__(self, run_pid=None):
+    def __init__(self, run_pid=None, agent_log=False):
         self.run_pid = run_pid or _run_pid()
         self.sock = None
+        # Whether a controller this client starts keeps the agents' log
+        # records; those that came with the last reply.
+        self.agent_log = agent_log
+        self.log = []
 
     def _path(self):
         return os.path.join(_private_dir(), "%d.sock" % self.run_pid)
@@ -126,8 +130,11 @@ class Client(object):
             os.unlink(path)  # left by a controller that died
         _sweep(os.path.dirname(path))
         log = open(path[: -len(".sock")] + ".log", "ab")
+        argv = [_spindle_binary(), "serve", "--socket", path, "--parent-pid", str(self.run_pid)]
+        if self.agent_log:
+            argv.append("--agent-log")
         subprocess.Popen(
-            [_spindle_binary(), "serve", "--socket", path, "--parent-pid", str(self.run_pid)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -153,6 +160,7 @@ class Client(object):
         except (OSError, EOFError) as e:
             self.close()
             raise ControllerError("lost the spindle controller: %s" % e, True)
+        self.log = reply.pop("agent_log", [])
         if "error" in reply:
             raise ControllerError(reply["error"], reply.get("unreachable", False), reply.get("plain", False))
         return reply

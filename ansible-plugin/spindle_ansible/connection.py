@@ -161,7 +161,8 @@ class Connection(ConnectionBase):
 
     def _connect(self):
         if self._client is None:
-            self._client = _client.Client()
+            # At -vvv the controller returns the target's log records.
+            self._client = _client.Client(agent_log=display.verbosity >= 3)
         if not self._connected:
             display.vvv("ESTABLISH SPINDLE %s FOR USER: %s" % (self._kind, self._login_user()), host=self._host())
         self._connected = True
@@ -184,6 +185,10 @@ class Connection(ConnectionBase):
             if e.plain:
                 raise AnsibleError(str(e))
             raise AnsibleError("spindle: %s" % e)
+        finally:
+            for line in self._client.log:
+                display.vvv("SPINDLE AGENT: %s" % line, host=self._host())
+            self._client.log = []
         failed = reply.get("deferred")
         if failed is None:
             return reply

@@ -702,7 +702,9 @@ fn read_chunks(mut file: std::fs::File, size: u64, tx: mpsc::Sender<std::io::Res
 /// Asks a new agent for the log records this process shows: an agent
 /// sends debug records (per-task timings, say) only when asked to.
 async fn configure(link: &Link) -> Result<()> {
-    if tracing::enabled!(target: "spindle::agent", tracing::Level::DEBUG) {
+    if tracing::enabled!(target: "spindle::agent", tracing::Level::DEBUG)
+        || crate::agent_log::enabled()
+    {
         let level = if tracing::enabled!(target: "spindle::agent", tracing::Level::TRACE) {
             LogLevel::Trace
         } else {

@@ -5,6 +5,7 @@
 //! Entry points: [`Controller`] holds the run's hosts; [`Host`] offers the
 //! operations; [`Link`] is one live agent connection underneath.
 
+pub mod agent_log;
 pub mod agents;
 pub mod askpass;
 pub mod become_flags;

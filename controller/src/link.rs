@@ -844,6 +844,17 @@ async fn read_loop(
     shared.die(reason);
 }
 
+/// An agent's log record, as this process's own.
+fn log(level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Error => tracing::error!(target: "spindle::agent", "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "spindle::agent", "{message}"),
+        LogLevel::Info => tracing::info!(target: "spindle::agent", "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "spindle::agent", "{message}"),
+        LogLevel::Trace => tracing::trace!(target: "spindle::agent", "{message}"),
+    }
+}
+
 /// Delivers one message to its waiter. An error means the agent broke the
 /// protocol and the link must go.
 fn route(shared: &Shared, msg: FromAgent) -> std::result::Result<(), String> {
@@ -878,13 +889,10 @@ fn route(shared: &Shared, msg: FromAgent) -> std::result::Result<(), String> {
                 c.add_permits(frames.min(WINDOW) as usize);
             }
         }
-        FromAgent::Log { level, message } => match level {
-            LogLevel::Error => tracing::error!(target: "spindle::agent", "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "spindle::agent", "{message}"),
-            LogLevel::Info => tracing::info!(target: "spindle::agent", "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "spindle::agent", "{message}"),
-            LogLevel::Trace => tracing::trace!(target: "spindle::agent", "{message}"),
-        },
+        FromAgent::Log { level, message } => {
+            crate::agent_log::record(&shared.host, level, &message);
+            log(level, &message);
+        }
         FromAgent::Routed { child, frame } => {
             let target = shared.child(child);
             if let Some(c) = target {

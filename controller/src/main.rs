@@ -116,6 +116,10 @@ enum Command {
         socket: PathBuf,
         #[arg(long)]
         parent_pid: Option<u32>,
+        /// Keep the agents' log records (debug ones too) and return each
+        /// host's with its next reply (the plugin shows them at -vvv).
+        #[arg(long)]
+        agent_log: bool,
     },
     /// Connect, start the agent, and measure round trips.
     Ping {
@@ -296,7 +300,14 @@ async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Askpass { .. } => unreachable!("answered before the runtime starts"),
-        Command::Serve { socket, parent_pid } => {
+        Command::Serve {
+            socket,
+            parent_pid,
+            agent_log,
+        } => {
+            if agent_log {
+                spindle_controller::agent_log::enable();
+            }
             spindle_controller::serve::serve(&socket, parent_pid, controller).await?;
             Ok(0)
         }

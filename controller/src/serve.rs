@@ -232,7 +232,17 @@ async fn client(
         anyhow::ensure!(len <= MAX_REQUEST, "request of {len} bytes is too large");
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
-        let reply = match serde_json::from_slice::<Value>(&body) {
+        let request = serde_json::from_slice::<Value>(&body);
+        // Whose agents' records go with the reply (see `agent_log`).
+        let log_host = match &request {
+            Ok(req) if crate::agent_log::enabled() => {
+                serde_json::from_value::<TargetSpec>(req["target"].clone())
+                    .ok()
+                    .map(|spec| spec.target().dest.to_string())
+            }
+            _ => None,
+        };
+        let reply = match request {
             Ok(req) if req["defer"] == "rm" => {
                 // Removing a task's temp dir: nothing waits for it, and its
                 // failure is never reported (Ansible only warns, after the
@@ -290,6 +300,13 @@ async fn client(
             }
             Err(e) => json!({"error": format!("malformed request: {e}"), "unreachable": false}),
         };
+        let mut reply = reply;
+        if let (Some(host), Some(fields)) = (log_host, reply.as_object_mut()) {
+            let lines = crate::agent_log::take(&host);
+            if !lines.is_empty() {
+                fields.insert("agent_log".into(), json!(lines));
+            }
+        }
         let bytes = serde_json::to_vec(&reply)?;
         stream
             .write_all(&(bytes.len() as u32).to_be_bytes())

@@ -216,6 +216,44 @@ fn fast_paths_are_taken() -> Result<()> {
     Ok(())
 }
 
+/// At -vvv each task's output carries the target's log records: the
+/// agent's (and a become child agent's) requests with their outcomes and
+/// times, as they happened on the host. Below -vvv there are none.
+#[test]
+fn vvv_shows_the_targets_log() -> Result<()> {
+    let tb = Testbed::load()?;
+    let run = |verbosity: &str| -> Result<String> {
+        let out = Command::new(venv().join("bin/ansible"))
+            .arg("-i")
+            .arg(&tb.inventory)
+            .args(["sp2", verbosity, "-b", "-m", "command", "-a", "id -u"])
+            .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
+            .env(
+                "ANSIBLE_CONNECTION_PLUGINS",
+                root().join("ansible-plugin/serve_ssh"),
+            )
+            .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+            .env("ANSIBLE_NOCOLOR", "1")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(out.status.success(), "id failed:\n{text}");
+        Ok(text)
+    };
+    let text = run("-vvv")?;
+    let addr = &tb.host("sp2")?.addr;
+    for needle in [
+        format!("<{addr}> SPINDLE AGENT: debug: request "),
+        " sudo as root: done".into(),
+        "(as root) debug: started interpreter /usr/bin/python3".into(),
+        "(as root) debug: module ansible.modules.command: ".into(),
+    ] {
+        anyhow::ensure!(text.contains(&needle), "no {needle:?} in:\n{text}");
+    }
+    let text = run("-vv")?;
+    anyhow::ensure!(!text.contains("SPINDLE AGENT"), "at -vv:\n{text}");
+    Ok(())
+}
+
 /// Tasks on the controller's own machine (`hosts: localhost`, `delegate_to:
 /// localhost` for every host at once) behave as with Ansible's `local`
 /// connection: directory, environment, interpreter, files.
