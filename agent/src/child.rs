@@ -655,8 +655,9 @@ fn line_end(out: &[u8], line: &str) -> Option<usize> {
 
 fn needs_password(err: &[u8]) -> bool {
     let t = text(err);
-    // sudo's, then doas's words.
+    // sudo's, sudo-rs's, then doas's words.
     t.contains("password is required")
+        || t.contains("interactive authentication is required")
         || t.contains("a terminal is required")
         || t.contains("Authorization required")
         || t.contains("Authentication required")

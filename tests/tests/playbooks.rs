@@ -144,6 +144,15 @@ fn become_sudo_requiretty_targetpw() -> Result<()> {
     same_under_stock_and_spindle("become/tty_targetpw.yml")
 }
 
+/// sudo-rs as `become_exe`: its wrapped prompt, its warnings and its own
+/// words for a missing password. Spindle only (see the playbook).
+#[test]
+fn become_sudo_rs() -> Result<()> {
+    let tb = Testbed::load()?;
+    play(&tb, "become/sudo_rs.yml", "spindle", None)?;
+    Ok(())
+}
+
 #[test]
 fn password_login() -> Result<()> {
     same_under_stock_and_spindle("connection/password.yml")

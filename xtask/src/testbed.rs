@@ -104,7 +104,10 @@ const GUARD_LINK: &str = "spnull0";
 const GUARD_PEER: &str = "spnull1";
 const TESTBED_NET: &str = "10.213.0.0/16";
 /// Bump when provisioning changes, so `up` rebuilds hosts made by older code.
-const PROVISION_VERSION: u32 = 5;
+const PROVISION_VERSION: u32 = 6;
+/// sudo-rs, the Rust sudo (Debian 12 has no package): built from crates.io
+/// once, and installed on each target as `/usr/local/bin/sudo-rs`.
+const SUDO_RS_VERSION: &str = "0.2.15";
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Packages providing every tool used here (nsenter, unshare, setsid and
 /// findmnt come from util-linux; useradd from passwd; kill from procps),
@@ -119,6 +122,8 @@ const PACKAGES: &[&str] = &[
     "openssh-client",
     "sudo",
     "opendoas",
+    // sudo-rs links against libpam.
+    "libpam0g-dev",
     "util-linux",
     "mount",
     "passwd",
@@ -472,6 +477,7 @@ fn discover_pythons() -> Result<Vec<Python>> {
 fn up(count: u8, rtt_ms: u32) -> Result<()> {
     let started = Instant::now();
     ensure_packages()?;
+    ensure_sudo_rs()?;
     load_kernel_modules();
     fs::create_dir_all(BASE).with_context(|| format!("creating {BASE}"))?;
     fs::set_permissions(BASE, fs::Permissions::from_mode(0o755))
@@ -626,6 +632,33 @@ fn ensure_packages() -> Result<()> {
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(())
+}
+
+/// The sudo-rs binary the targets get.
+fn sudo_rs_path() -> PathBuf {
+    base().join(format!("sudo-rs-{SUDO_RS_VERSION}/bin/sudo"))
+}
+
+/// Builds sudo-rs unless it is there (about 20 s).
+fn ensure_sudo_rs() -> Result<()> {
+    let bin = sudo_rs_path();
+    if bin.exists() {
+        return Ok(());
+    }
+    eprintln!("building sudo-rs {SUDO_RS_VERSION}");
+    let root = bin
+        .parent()
+        .and_then(Path::parent)
+        .context("sudo-rs path")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run_checked(
+        Cmd::new(cargo)
+            .args(["install", "--quiet", "--locked", "sudo-rs", "--version"])
+            .arg(format!("={SUDO_RS_VERSION}"))
+            .arg("--root")
+            .arg(root),
     )?;
     Ok(())
 }
@@ -1075,6 +1108,11 @@ chmod 0440 /etc/sudoers.d/spindle-testbed
 visudo -cq
 printf '%s' "$DOAS_CONF" > /etc/doas.conf
 chmod 0600 /etc/doas.conf
+# sudo-rs comes on stdin (the directory it was built in is not mounted
+# here).
+cat > /usr/local/bin/sudo-rs
+chown root:root /usr/local/bin/sudo-rs
+chmod 4755 /usr/local/bin/sudo-rs
 
 # The controller's root dotfiles set up pyenv, whose init writes below
 # /root/.pyenv; give the target's root Debian's stock ones instead.
@@ -1178,7 +1216,7 @@ fn provision(
         .env("PYTHON", if host.python { "1" } else { "0" })
         .env("PYTHON_LIBS", libs.join(" "))
         .env("PYTHON_CHECKS", checks.join(" "))
-        .stdin(Stdio::null())
+        .stdin(File::open(sudo_rs_path()).context("opening sudo-rs")?)
         .output()
         .context("running nsenter")?;
     let mut log = out.stdout.clone();
