@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 
 import ansible.plugins.connection
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
@@ -306,12 +305,14 @@ class Connection(ConnectionBase):
         terminal ends: `Shared connection to HOST closed.` as a client of a
         ControlMaster (Ansible's default ssh_args), `Connection to HOST
         closed.` without one, nothing at a log level below INFO. The
-        settings are ssh's own (`ssh -G` with the plugin's arguments), so
-        the user's ssh config counts too."""
-        key = (self.get_option("ssh_executable"), tuple(self._ssh_args()), self._host())
-        if key not in _GOODBYES:
-            _GOODBYES[key] = _ssh_goodbye(*key)
-        return _GOODBYES[key]
+        settings are ssh's own (`ssh -G` with the plugin's arguments, asked
+        once per run by the controller), so the user's ssh config counts
+        too."""
+        args = self._ssh_args()
+        reply = self._call(
+            {"op": "ssh_settings", "ssh": self.get_option("ssh_executable") or "ssh", "args": args, "host": self._host()}
+        )
+        return _ssh_goodbye(reply["settings"], args, self._host())
 
     def _home(self, user):
         """(what `echo ~USER` prints, where that is known from) when known
@@ -446,22 +447,9 @@ class Connection(ConnectionBase):
             self._stock.close()
 
 
-# (ssh executable, arguments, host) -> what _ssh_goodbye found.
-_GOODBYES = {}
-
-
-def _ssh_goodbye(executable, args, host):
-    try:
-        out = subprocess.run(
-            [executable or "ssh"] + list(args) + ["-G", "--", host],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            timeout=10,
-        ).stdout.decode(errors="replace")
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    settings = dict(line.partition(" ")[::2] for line in out.lower().splitlines())
+def _ssh_goodbye(settings, args, host):
+    """The closing line of `ssh -tt` given what `ssh -G` printed."""
+    settings = dict(line.partition(" ")[::2] for line in settings.lower().splitlines())
     if settings.get("loglevel") in ("quiet", "silent", "fatal", "error"):
         return b""
     persist = any("controlpersist" in a.lower() for a in args)

@@ -148,6 +148,7 @@ pub async fn serve(
     let daemon = Arc::new(Daemon {
         controller,
         bundles: Mutex::default(),
+        ssh_settings: tokio::sync::Mutex::default(),
     });
     let in_flight = Arc::new(InFlight::default());
     let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
@@ -243,6 +244,10 @@ async fn client(
             _ => None,
         };
         let reply = match request {
+            Ok(req) if req["op"] == "ssh_settings" => daemon
+                .ssh_settings(&req)
+                .await
+                .unwrap_or_else(|e| error_reply(&e)),
             Ok(req) if req["defer"] == "rm" => {
                 // Removing a task's temp dir: nothing waits for it, and its
                 // failure is never reported (Ansible only warns, after the
@@ -348,12 +353,52 @@ struct Daemon {
     /// Module bundles the plugin sent, by its key for them: (the zip, its
     /// hash). A run uses a few dozen at most.
     bundles: Mutex<HashMap<String, Bundle>>,
+    /// What `ssh ARGS -G -- HOST` printed, by (ssh, ARGS, HOST): how the
+    /// user's ssh would connect, asked once per run rather than per task.
+    ssh_settings: tokio::sync::Mutex<HashMap<SshQuery, String>>,
 }
+
+/// (ssh, its arguments, the host) for `ssh -G`.
+type SshQuery = (String, Vec<String>, String);
 
 /// A module bundle: the zip and its hash.
 type Bundle = (Arc<[u8]>, String);
 
 impl Daemon {
+    /// `{"settings": TEXT}`, TEXT being what `ssh ARGS -G -- HOST` prints
+    /// (empty if ssh fails), run once per run for each (ssh, ARGS, HOST).
+    async fn ssh_settings(&self, req: &Value) -> Result<Value, Error> {
+        let ssh = req["ssh"].as_str().unwrap_or("ssh").to_owned();
+        let args: Vec<String> = req["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        let host = field(req, "host")?.to_owned();
+        let mut known = self.ssh_settings.lock().await;
+        let key = (ssh, args, host);
+        if let Some(text) = known.get(&key) {
+            return Ok(json!({ "settings": text }));
+        }
+        let (ssh, args, host) = &key;
+        let run = tokio::process::Command::new(ssh)
+            .args(args)
+            .args(["-G", "--", host])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let text = match tokio::time::timeout(Duration::from_secs(10), run).await {
+            Ok(Ok(out)) if out.status.success() => {
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+            _ => String::new(),
+        };
+        known.insert(key.clone(), text.clone());
+        Ok(json!({ "settings": text }))
+    }
+
     /// The bundle of a `module` request: the one it carries (kept under its
     /// `zip_key`), or the one kept under its `zip_key`; `None` if neither
     /// (the plugin then sends it).
