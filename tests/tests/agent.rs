@@ -219,7 +219,8 @@ fn after_orders_requests_and_stops_at_a_failure() {
     assert_eq!(wait_exit(&mut child).code(), Some(0));
 }
 
-/// The aarch64 agent really runs: hello, ping and a command, under qemu.
+/// The aarch64 agent really runs: hello, ping, a command and one that
+/// cannot start, under qemu.
 #[test]
 fn aarch64_agent_runs_under_qemu() {
     let mut child = spawn("aarch64");
@@ -247,6 +248,19 @@ fn aarch64_agent_runs_under_qemu() {
         Reply::Exec(r) => assert_eq!(r.stdout.as_ref(), b"from-aarch64\n"),
         other => panic!("{other:?}"),
     }
+    // Under qemu a vfork is a plain fork: a program that cannot start is
+    // still an error, not a command that exits 127.
+    let missing = Exec::argv(["/nonexistent/spindle-prog"]);
+    send(
+        &mut child,
+        &ToAgent::Call {
+            id: 3,
+            req: Request::Exec(missing),
+            after: None,
+        },
+    );
+    let err = outcome(&mut child, 3).expect_err("a missing program fails the request");
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err:?}");
     drop(child.stdin.take());
     assert_eq!(wait_exit(&mut child).code(), Some(0));
 }

@@ -8,16 +8,20 @@
 //! The child must not allocate, lock or touch anything another thread may
 //! hold: every string and pointer array it needs is built by [`Prepared`]
 //! before it exists, and it makes only plain system calls. It reports a
-//! failure by writing the error number into memory it shares with the
-//! caller, then exits.
+//! failure by writing the error number to a close-on-exec pipe, then
+//! exits; the caller reads that pipe to its end (nothing: the program
+//! started). Where `vfork` is only a `fork` (qemu-user, valgrind) this
+//! still holds, and the caller still waits until the child has executed
+//! the program (and so leads its own process group) or ended.
 
 use std::ffi::{c_char, c_int, c_void, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::ptr;
 
 /// The child's stack: enough for the handful of libc wrappers it calls.
+/// It has no guard page: keep the child to plain system calls.
 const CHILD_STACK: usize = 32 << 10;
 
 /// Where a program without a slash is looked for when its environment has
@@ -102,10 +106,8 @@ struct Shared {
     stdio: [RawFd; 3],
     pty: bool,
     parent: libc::pid_t,
-    /// The caller's signal mask, restored just before the program starts.
-    mask: libc::sigset_t,
-    /// The error number of the step that failed; 0 if the program started.
-    error: c_int,
+    /// Write end of the pipe the child reports a failure on.
+    report: RawFd,
 }
 
 /// Starts `cmd` with `stdio` as its standard streams, leading a session of
@@ -127,8 +129,8 @@ pub fn spawn(cmd: &Prepared, stdio: [RawFd; 3], pty: bool) -> io::Result<u32> {
         pointers(&cmd.argv),
         pointers(&cmd.env),
     );
+    let (report_r, report_w) = super::pipe()?;
     let mut stack = vec![0u8; CHILD_STACK];
-    // SAFETY: an all-zero sigset_t is a valid (empty) set.
     let mut shared = Shared {
         paths: paths.as_ptr(),
         argv: argv.as_ptr(),
@@ -138,8 +140,7 @@ pub fn spawn(cmd: &Prepared, stdio: [RawFd; 3], pty: bool) -> io::Result<u32> {
         pty,
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
-        mask: unsafe { std::mem::zeroed() },
-        error: 0,
+        report: report_w.as_raw_fd(),
     };
     // SAFETY: the stack grows down from its end, which is aligned to 16
     // bytes as both architectures require; the child only uses it until it
@@ -150,8 +151,9 @@ pub fn spawn(cmd: &Prepared, stdio: [RawFd; 3], pty: bool) -> io::Result<u32> {
     // resets the dispositions before it unblocks them.
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut shared.mask);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let end = stack.as_mut_ptr().add(CHILD_STACK);
         let top = end.sub(end as usize % 16);
         let pid = libc::clone(
@@ -161,35 +163,59 @@ pub fn spawn(cmd: &Prepared, stdio: [RawFd; 3], pty: bool) -> io::Result<u32> {
             ptr::addr_of_mut!(shared).cast::<c_void>(),
         );
         let clone_error = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &shared.mask, ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
         if pid < 0 {
             return Err(clone_error);
         }
         pid
     };
-    // SAFETY: the child wrote `error` (if at all) before it ended or
-    // executed; the read is volatile because the write happened outside
-    // this function's view.
-    let error = unsafe { ptr::read_volatile(ptr::addr_of!(shared.error)) };
-    if error != 0 {
+    drop(report_w);
+    // Four bytes of error number, or nothing once the program started.
+    let mut report = std::fs::File::from(report_r);
+    let mut error = [0u8; 4];
+    let mut got = 0;
+    while got < error.len() {
+        match std::io::Read::read(&mut report, &mut error[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                super::kill_group(pid as u32);
+                super::reap(pid as u32);
+                return Err(e);
+            }
+        }
+    }
+    if got > 0 {
         super::reap(pid as u32);
-        return Err(io::Error::from_raw_os_error(error));
+        let errno = if got == 4 {
+            c_int::from_ne_bytes(error)
+        } else {
+            libc::EIO
+        };
+        return Err(io::Error::from_raw_os_error(errno));
     }
     Ok(pid as u32)
 }
 
 /// The child's side: from the clone to the program, or to `_exit`.
 extern "C" fn child(arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the `Shared` of `spawn`, whose thread waits for us.
-    let shared = unsafe { &mut *arg.cast::<Shared>() };
+    // SAFETY: `arg` is the `Shared` of `spawn`, which outlives our use of
+    // it (its thread waits for us, or we have a copy of its memory).
+    let shared = unsafe { &*arg.cast::<Shared>() };
     // SAFETY: every step is a plain system call on values `spawn` prepared.
-    shared.error = match unsafe { start(shared) } {
+    let error = match unsafe { start(shared) } {
         // Not expected: a step failed without saying why.
         0 => libc::EIO,
         e => e,
     };
-    // SAFETY: _exit ends the child without running anything of the agent's.
-    unsafe { libc::_exit(127) }
+    let bytes = error.to_ne_bytes();
+    // SAFETY: write and _exit are plain system calls; four bytes fit in an
+    // empty pipe at once.
+    unsafe {
+        libc::write(shared.report, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
 }
 
 /// Sets the child up and executes the program; returns the error number
@@ -200,9 +226,10 @@ unsafe fn start(s: &Shared) -> c_int {
     // handlers are the agent's and must not run here, and the agent
     // ignores SIGPIPE (the Rust runtime) and SIGXFSZ (inherited from the
     // Python that started it). SIGABRT is left alone: musl takes a lock to
-    // change it, and nothing on the way sets it.
+    // change it, and nothing on the way sets it. (musl refuses 32-34, its
+    // own.)
     let default: libc::sigaction = std::mem::zeroed();
-    for sig in 1..32 {
+    for sig in (1..32).chain(35..=libc::SIGRTMAX()) {
         if !matches!(sig, libc::SIGKILL | libc::SIGSTOP | libc::SIGABRT) {
             libc::sigaction(sig, &default, ptr::null_mut());
         }
@@ -233,7 +260,10 @@ unsafe fn start(s: &Shared) -> c_int {
     if !s.cwd.is_null() && libc::chdir(s.cwd) < 0 {
         return errno();
     }
-    libc::sigprocmask(libc::SIG_SETMASK, &s.mask, ptr::null_mut());
+    // No signal blocked, as sshd starts a session.
+    let mut none: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut none);
+    libc::sigprocmask(libc::SIG_SETMASK, &none, ptr::null_mut());
     // As execvp: a missing or unsearchable candidate moves on to the next;
     // if any existed but was not executable, that is the error.
     let mut error = libc::ENOENT;
