@@ -309,10 +309,13 @@ class Connection(ConnectionBase):
         once per run by the controller), so the user's ssh config counts
         too."""
         args = self._ssh_args()
-        reply = self._call(
-            {"op": "ssh_settings", "ssh": self.get_option("ssh_executable") or "ssh", "args": args, "host": self._host()}
-        )
-        return _ssh_goodbye(reply["settings"], args, self._host())
+        request = {"op": "ssh_settings", "ssh": self.get_option("ssh_executable") or "ssh", "args": args, "host": self._host()}
+        try:
+            settings = self._call(request)["settings"]
+        except AnsibleError:
+            # Only a closing line: the command itself has run.
+            settings = ""
+        return _ssh_goodbye(settings, args, self._host())
 
     def _home(self, user):
         """(what `echo ~USER` prints, where that is known from) when known

@@ -3,6 +3,11 @@
 //! the records its host's agents (and their child agents) sent since the
 //! last reply for that host. Off unless the run asked for it
 //! (`spindle serve --agent-log`); agents then send debug records too.
+//!
+//! Records are told apart by the agent's destination only: inventory hosts
+//! sharing one agent (Ansible's `local` connection, aliases of one address)
+//! see each other's, and a step sent without waiting shows its records with
+//! the next reply. Each record names its request.
 
 use spindle_protocol::LogLevel;
 use std::collections::VecDeque;
@@ -11,6 +16,10 @@ use std::sync::{Mutex, OnceLock};
 /// Records kept at most, over all hosts: a host nobody asks about does not
 /// grow the controller without bound.
 const KEEP: usize = 4096;
+
+/// Bytes of a record's message kept (an interpreter's stderr may come in
+/// large pieces).
+const MESSAGE_BYTES: usize = 4096;
 
 static LOG: OnceLock<Mutex<VecDeque<(String, String)>>> = OnceLock::new();
 
@@ -37,7 +46,13 @@ pub(crate) fn record(host: &str, level: LogLevel, message: &str) {
             log.pop_front();
         }
         let level = format!("{level:?}").to_lowercase();
-        log.push_back((host.to_owned(), format!("{level}: {message}")));
+        let mut cut = message.len().min(MESSAGE_BYTES);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let more = if cut < message.len() { "…" } else { "" };
+        let line = format!("{level}: {}{more}", &message[..cut]);
+        log.push_back((host.to_owned(), line));
     }
 }
 

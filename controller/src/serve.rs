@@ -148,7 +148,7 @@ pub async fn serve(
     let daemon = Arc::new(Daemon {
         controller,
         bundles: Mutex::default(),
-        ssh_settings: tokio::sync::Mutex::default(),
+        ssh_settings: Mutex::default(),
     });
     let in_flight = Arc::new(InFlight::default());
     let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
@@ -355,7 +355,7 @@ struct Daemon {
     bundles: Mutex<HashMap<String, Bundle>>,
     /// What `ssh ARGS -G -- HOST` printed, by (ssh, ARGS, HOST): how the
     /// user's ssh would connect, asked once per run rather than per task.
-    ssh_settings: tokio::sync::Mutex<HashMap<SshQuery, String>>,
+    ssh_settings: Mutex<HashMap<SshQuery, Arc<tokio::sync::OnceCell<String>>>>,
 }
 
 /// (ssh, its arguments, the host) for `ssh -G`.
@@ -376,26 +376,33 @@ impl Daemon {
             .filter_map(|a| a.as_str().map(str::to_owned))
             .collect();
         let host = field(req, "host")?.to_owned();
-        let mut known = self.ssh_settings.lock().await;
         let key = (ssh, args, host);
-        if let Some(text) = known.get(&key) {
-            return Ok(json!({ "settings": text }));
-        }
+        // One lookup per key at a time; lookups of other keys go on.
+        let cell = self
+            .ssh_settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
         let (ssh, args, host) = &key;
-        let run = tokio::process::Command::new(ssh)
-            .args(args)
-            .args(["-G", "--", host])
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let text = match tokio::time::timeout(Duration::from_secs(10), run).await {
-            Ok(Ok(out)) if out.status.success() => {
-                String::from_utf8_lossy(&out.stdout).into_owned()
+        let looked_up = cell.get_or_try_init(|| async {
+            let run = tokio::process::Command::new(ssh)
+                .args(args)
+                .args(["-G", "--", host])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            match tokio::time::timeout(Duration::from_secs(10), run).await {
+                Ok(Ok(out)) if out.status.success() => {
+                    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                }
+                // Not kept: the next task asks again.
+                _ => Err(()),
             }
-            _ => String::new(),
-        };
-        known.insert(key.clone(), text.clone());
+        });
+        let text = looked_up.await.map(String::as_str).unwrap_or_default();
         Ok(json!({ "settings": text }))
     }
 
