@@ -478,6 +478,7 @@ fn up(count: u8, rtt_ms: u32) -> Result<()> {
     let started = Instant::now();
     ensure_packages()?;
     ensure_sudo_rs()?;
+    ensure_local_doas()?;
     load_kernel_modules();
     fs::create_dir_all(BASE).with_context(|| format!("creating {BASE}"))?;
     fs::set_permissions(BASE, fs::Permissions::from_mode(0o755))
@@ -634,6 +635,32 @@ fn ensure_packages() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     Ok(())
+}
+
+/// The first line of the `/etc/doas.conf` this machine gets when it has
+/// none: the `spindle_doas` connection is tested here, from root to
+/// `nobody`, and doas asks for a rule even for root.
+const LOCAL_DOAS_MARK: &str = "# Written by `cargo xtask testbed up`";
+
+fn ensure_local_doas() -> Result<()> {
+    let path = Path::new("/etc/doas.conf");
+    if path.exists() {
+        return Ok(());
+    }
+    fs::write(
+        path,
+        format!("{LOCAL_DOAS_MARK}: the tests of spindle_doas.\npermit nopass root as nobody\n"),
+    )
+    .context("writing /etc/doas.conf")?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).context("chmod /etc/doas.conf")
+}
+
+/// Removes the `/etc/doas.conf` that [`ensure_local_doas`] wrote.
+fn remove_local_doas() {
+    let path = Path::new("/etc/doas.conf");
+    if fs::read_to_string(path).is_ok_and(|t| t.starts_with(LOCAL_DOAS_MARK)) {
+        let _ = fs::remove_file(path);
+    }
 }
 
 /// The sudo-rs binary the targets get.
@@ -1584,6 +1611,7 @@ fn down() -> Result<()> {
         None
     });
     teardown_delay()?;
+    remove_local_doas();
     let hosts = existing_hosts(state.as_ref());
     let mut errors = Vec::new();
     for host in &hosts {
