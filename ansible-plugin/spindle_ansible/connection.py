@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import time
 
 import ansible.plugins.connection
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
@@ -95,6 +96,10 @@ class Connection(ConnectionBase):
     _stock_module = _BUILTIN_SSH
     _stock_name = "ssh"
     _kind = "CONNECTION"
+    # As the ssh plugin: a command that exits 255 (ssh's own code for a
+    # failed connection) makes the host unreachable, after the retries the
+    # plugin is configured for.
+    _exit_255_unreachable = True
 
     def __init__(self, play_context, *args, **kwargs):
         super().__init__(play_context, *args, **kwargs)
@@ -394,16 +399,44 @@ class Connection(ConnectionBase):
             if request["pty"] and os.environ.get("TERM"):
                 request["env"] = {"TERM": os.environ["TERM"]}
         request["become"] = account
-        reply = self._call(request)
-        if reply.get("need_zip"):
-            request["module"]["zip"] = zip_b64
+        tries = self._tries()
+        for attempt in range(tries):
             reply = self._call(request)
-        stdout, stderr = _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
-        if request.get("pty"):
-            stderr += self._tty_goodbye()
-        # Only with ANSIBLE_DEBUG: a no_log task's output must not reach -vvvvv.
-        display.debug("SPINDLE: (%d, %r, %r)" % (reply["rc"], stdout, stderr))
+            if reply.get("need_zip"):
+                request["module"]["zip"] = zip_b64
+                reply = self._call(request)
+            stdout, stderr = _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
+            if request.get("pty"):
+                stderr += self._tty_goodbye()
+            # Only with ANSIBLE_DEBUG: a no_log task's output must not reach -vvvvv.
+            display.debug("SPINDLE: (%d, %r, %r)" % (reply["rc"], stdout, stderr))
+            if not self._looks_like_ssh_failure(reply["rc"], stdout, stderr):
+                break
+            if attempt == tries - 1:
+                detail = "<error censored due to no log>" if self._play_context.no_log else stderr.decode(errors="replace").rstrip()
+                raise AnsibleConnectionFailure("Failed to connect to the host via ssh: %s" % detail)
+            pause = min(2**attempt - 1, 30)
+            display.vv("ssh_retry: attempt: %d, ssh return code is 255. cmd (%s...), pausing for %d seconds" % (attempt + 1, cmd, pause), host=self._host())
+            time.sleep(pause)
         return reply["rc"], stdout, stderr
+
+    def _tries(self):
+        """How often the ssh plugin would run a command that exits 255."""
+        if not self._exit_255_unreachable:
+            return 1
+        try:
+            return int(self.get_option("reconnection_retries")) + 1
+        except (KeyError, AnsibleError, TypeError, ValueError):
+            return 1
+
+    def _looks_like_ssh_failure(self, rc, stdout, stderr):
+        """Whether the ssh plugin would take this outcome for its own
+        connection failing: status 255 without one of the outputs it knows
+        to come from the command instead."""
+        if rc != 255 or not self._exit_255_unreachable:
+            return False
+        signatures = getattr(_BUILTIN_SSH, "b_NOT_SSH_ERRORS", ())
+        return not any(s in stdout or s in stderr for s in signatures)
 
     def put_file(self, in_path, out_path):
         super().put_file(in_path, out_path)

@@ -38,6 +38,7 @@ class Connection(_connection.Connection):
     _stock_module = _BUILTIN_LOCAL
     _stock_name = "local"
     _kind = "LOCAL CONNECTION"
+    _exit_255_unreachable = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
