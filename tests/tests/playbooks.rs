@@ -3,7 +3,7 @@
 //! (`-c spindle`) on the testbed: both must pass their asserts with the
 //! same recap.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use spindle_tests::playbook::{play, play_with, root, same_under_stock_and_spindle, venv};
 use spindle_tests::Testbed;
 use std::process::Command;
@@ -378,5 +378,131 @@ fn killed_controller_makes_the_host_unreachable() -> Result<()> {
         "expected ansible-playbook's unreachable status:\n{text}"
     );
     assert!(text.contains("unreachable=1"), "{text}");
+    Ok(())
+}
+
+/// Killing one host's agent and another host's ssh process under a running
+/// task makes those two hosts unreachable, promptly; the third host's tasks
+/// run on as if nothing happened.
+#[test]
+fn killed_agent_or_ssh_affects_only_that_host() -> Result<()> {
+    let tb = Testbed::load()?;
+    let marker = std::process::id();
+    let started = std::time::Instant::now();
+    let run = Command::new(venv().join("bin/ansible-playbook"))
+        .arg("-i")
+        .arg(&tb.inventory)
+        .args(["-c", "spindle", "-e", &format!("marker={marker}")])
+        .arg(root().join("tests/ansible/lifecycle/three_hosts.yml"))
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            root().join("ansible-plugin/connection_plugins"),
+        )
+        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+        .env("ANSIBLE_NOCOLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let sleep = format!("sleep\012.{marker}\0");
+    // pid -> (command line, parent pid)
+    let processes = || -> Vec<(u32, String, u32)> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let e = e.ok()?;
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid = stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()?;
+            Some((pid, String::from_utf8_lossy(&cmd).into_owned(), ppid))
+        })
+        .collect()
+    };
+    let netns = |pid: u32| -> String {
+        Command::new("ip")
+            .args(["netns", "identify", &pid.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    // Wait until the long task runs on all three hosts.
+    let sleeps = loop {
+        anyhow::ensure!(started.elapsed().as_secs() < 60, "the long task never ran");
+        let found: Vec<(u32, u32)> = processes()
+            .into_iter()
+            .filter(|(_, cmd, _)| *cmd == sleep)
+            .map(|(pid, _, ppid)| (pid, ppid))
+            .collect();
+        if found.len() == 3 {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let all = processes();
+    let parent = |pid: u32| all.iter().find(|p| p.0 == pid).map(|p| p.2);
+    // sp1: the agent above its sleep (sleep <- module child <- interpreter
+    // <- agent).
+    let sp1 = tb.host("sp1")?;
+    let (mut pid, _) = *sleeps
+        .iter()
+        .find(|(pid, _)| netns(*pid) == sp1.netns)
+        .context("no sleep on sp1")?;
+    let agent = loop {
+        pid = parent(pid)
+            .filter(|&p| p > 1)
+            .context("no agent above the sleep")?;
+        let cmd = &all.iter().find(|p| p.0 == pid).context("gone")?.1;
+        if cmd.starts_with("spindle-agent") {
+            break pid;
+        }
+    };
+    // sp2: the run's ssh process to it (a child of the run's controller).
+    let needle = format!("--parent-pid\0{}\0", run.id());
+    let controller = all
+        .iter()
+        .find(|(_, cmd, _)| cmd.contains("serve\0") && cmd.contains(&needle))
+        .context("no controller")?
+        .0;
+    let sp2 = tb.host("sp2")?;
+    let ssh = all
+        .iter()
+        .find(|(_, cmd, ppid)| {
+            *ppid == controller
+                && cmd.split('\0').next().is_some_and(|p| p.ends_with("ssh"))
+                && cmd
+                    .split('\0')
+                    .any(|w| w == sp2.addr || w.ends_with(&format!("@{}", sp2.addr)))
+        })
+        .context("no ssh process to sp2")?
+        .0;
+    Command::new("kill")
+        .args(["-9", &agent.to_string(), &ssh.to_string()])
+        .status()?;
+    let out = run.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // A hang guard, not a performance assertion: the long task takes 12 s.
+    anyhow::ensure!(
+        started.elapsed().as_secs() < 50,
+        "the run did not end:\n{text}"
+    );
+    let recap = |host: &str| {
+        text.lines()
+            .skip_while(|l| !l.starts_with("PLAY RECAP"))
+            .find(|l| l.starts_with(&format!("{host} ")))
+            .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    for host in ["sp1", "sp2"] {
+        anyhow::ensure!(
+            recap(host).contains("unreachable=1"),
+            "{host}: {}\n{text}",
+            recap(host)
+        );
+    }
+    anyhow::ensure!(
+        recap("sp3").starts_with("ok=2 changed=2 unreachable=0 failed=0"),
+        "sp3: {}\n{text}",
+        recap("sp3")
+    );
     Ok(())
 }
