@@ -168,6 +168,23 @@ fn module_styles() -> Result<()> {
     same_under_stock_and_spindle("modules/styles.yml")
 }
 
+/// Runs `ansible` (ad hoc) with `args` against the testbed, Spindle
+/// serving its ssh hosts, the system Python on the targets.
+fn adhoc(tb: &Testbed, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(venv().join("bin/ansible"))
+        .arg("-i")
+        .arg(&tb.inventory)
+        .args(args)
+        .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
+        .env(
+            "ANSIBLE_CONNECTION_PLUGINS",
+            root().join("ansible-plugin/serve_ssh"),
+        )
+        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()?)
+}
+
 /// With the installed ansible-core (the suite runs twice: 2.19 and 2.21,
 /// whose commands differ), Spindle takes its fast paths: modules run in the
 /// agent's warm interpreters, `echo ~` is answered from the agent's hello
@@ -178,23 +195,12 @@ fn fast_paths_are_taken() -> Result<()> {
     let tb = Testbed::load()?;
     let src = std::env::temp_dir().join(format!("spindle-fast-{}", std::process::id()));
     std::fs::write(&src, "fast\n")?;
-    let out = Command::new(venv().join("bin/ansible"))
-        .arg("-i")
-        .arg(&tb.inventory)
-        .args(["sp2", "-vvv", "-m", "copy", "-a"])
-        .arg(format!(
-            "src={} dest=/tmp/spindle-fast-{}",
-            src.display(),
-            std::process::id()
-        ))
-        .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
-        .env(
-            "ANSIBLE_CONNECTION_PLUGINS",
-            root().join("ansible-plugin/serve_ssh"),
-        )
-        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
-        .env("ANSIBLE_NOCOLOR", "1")
-        .output()?;
+    let dest = format!(
+        "src={} dest=/tmp/spindle-fast-{}",
+        src.display(),
+        std::process::id()
+    );
+    let out = adhoc(&tb, &["sp2", "-vvv", "-m", "copy", "-a", &dest])?;
     let _ = std::fs::remove_file(&src);
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(out.status.success(), "copy failed:\n{text}");
@@ -232,18 +238,10 @@ fn fast_paths_are_taken() -> Result<()> {
 fn vvv_shows_the_targets_log() -> Result<()> {
     let tb = Testbed::load()?;
     let run = |verbosity: &str| -> Result<String> {
-        let out = Command::new(venv().join("bin/ansible"))
-            .arg("-i")
-            .arg(&tb.inventory)
-            .args(["sp2", verbosity, "-b", "-m", "command", "-a", "id -u"])
-            .args(["-e", "ansible_python_interpreter=/usr/bin/python3"])
-            .env(
-                "ANSIBLE_CONNECTION_PLUGINS",
-                root().join("ansible-plugin/serve_ssh"),
-            )
-            .env("SPINDLE_BIN", spindle_tests::spindle_bin())
-            .env("ANSIBLE_NOCOLOR", "1")
-            .output()?;
+        let out = adhoc(
+            &tb,
+            &["sp2", verbosity, "-b", "-m", "command", "-a", "id -u"],
+        )?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         anyhow::ensure!(out.status.success(), "id failed:\n{text}");
         Ok(text)
@@ -321,18 +319,15 @@ fn account_connections() -> Result<()> {
     Ok(())
 }
 
-/// Killing the controller under a running task makes that host unreachable
-/// promptly: no hang, no orphaned controller.
-#[test]
-fn killed_controller_makes_the_host_unreachable() -> Result<()> {
-    let tb = Testbed::load()?;
-    let venv = venv();
-    let started = std::time::Instant::now();
-    let run = Command::new(venv.join("bin/ansible-playbook"))
+/// Starts `ansible-playbook -c spindle` on `playbook` (below
+/// tests/ansible) with `args`, its output piped.
+fn start_run(tb: &Testbed, playbook: &str, args: &[&str]) -> Result<std::process::Child> {
+    Ok(Command::new(venv().join("bin/ansible-playbook"))
         .arg("-i")
         .arg(&tb.inventory)
         .args(["-c", "spindle"])
-        .arg(root().join("tests/ansible/lifecycle/long_task.yml"))
+        .args(args)
+        .arg(root().join("tests/ansible").join(playbook))
         .env(
             "ANSIBLE_CONNECTION_PLUGINS",
             root().join("ansible-plugin/connection_plugins"),
@@ -340,7 +335,16 @@ fn killed_controller_makes_the_host_unreachable() -> Result<()> {
         .env("SPINDLE_BIN", spindle_tests::spindle_bin())
         .env("ANSIBLE_NOCOLOR", "1")
         .stdout(std::process::Stdio::piped())
-        .spawn()?;
+        .spawn()?)
+}
+
+/// Killing the controller under a running task makes that host unreachable
+/// promptly: no hang, no orphaned controller.
+#[test]
+fn killed_controller_makes_the_host_unreachable() -> Result<()> {
+    let tb = Testbed::load()?;
+    let started = std::time::Instant::now();
+    let run = start_run(&tb, "lifecycle/long_task.yml", &[])?;
     // The controller for this run is `spindle serve --parent-pid <run>`;
     // wait until the long task is under way, then kill it.
     let needle = format!("--parent-pid\0{}\0", run.id());
@@ -389,19 +393,8 @@ fn killed_agent_or_ssh_affects_only_that_host() -> Result<()> {
     let tb = Testbed::load()?;
     let marker = std::process::id();
     let started = std::time::Instant::now();
-    let run = Command::new(venv().join("bin/ansible-playbook"))
-        .arg("-i")
-        .arg(&tb.inventory)
-        .args(["-c", "spindle", "-e", &format!("marker={marker}")])
-        .arg(root().join("tests/ansible/lifecycle/three_hosts.yml"))
-        .env(
-            "ANSIBLE_CONNECTION_PLUGINS",
-            root().join("ansible-plugin/connection_plugins"),
-        )
-        .env("SPINDLE_BIN", spindle_tests::spindle_bin())
-        .env("ANSIBLE_NOCOLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let marker_var = format!("marker={marker}");
+    let run = start_run(&tb, "lifecycle/three_hosts.yml", &["-e", &marker_var])?;
     let sleep = format!("sleep\012.{marker}\0");
     // pid -> (command line, parent pid)
     let processes = || -> Vec<(u32, String, u32)> {
