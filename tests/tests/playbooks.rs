@@ -168,6 +168,17 @@ fn module_styles() -> Result<()> {
     same_under_stock_and_spindle("modules/styles.yml")
 }
 
+/// A select() on one of the selectors `run_command` uses returns at once
+/// when nothing is registered (the loop's last select when a command ends
+/// between its two checks; stock sleeps a second there). Spindle only: a
+/// stock run blocks.
+#[test]
+fn empty_select_returns_at_once() -> Result<()> {
+    let tb = Testbed::load()?;
+    play(&tb, "modules/empty_select.yml", "spindle", None)?;
+    Ok(())
+}
+
 /// Runs `ansible` (ad hoc) with `args` against the testbed, Spindle
 /// serving its ssh hosts, the system Python on the targets.
 fn adhoc(tb: &Testbed, args: &[&str]) -> Result<std::process::Output> {

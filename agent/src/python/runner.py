@@ -110,7 +110,40 @@ def warm(path):
     warnings = sys.modules.get("ansible.module_utils.common.warnings")
     for registry in ("_global_warnings", "_global_deprecations"):
         getattr(warnings, registry, {}).clear()
+    quiet_empty_selects()
     note_warm()
+
+
+def quiet_empty_selects():
+    # run_command reads its command's output through a selector until both
+    # pipes are closed and the command has ended. When the command ends
+    # between its two checks of that, it selects once more on a selector
+    # that holds nothing, which sleeps a whole second (its timeout) and
+    # then finds the command ended. basic's selectors here return at once
+    # when nothing is registered; everything else is the standard module's,
+    # and no other module sees a change.
+    basic = sys.modules.get("ansible.module_utils.basic")
+    real = getattr(basic, "selectors", None)
+    if real is None or getattr(real, "QUIET_WHEN_EMPTY", False):
+        return
+    import types
+
+    quiet = types.ModuleType(real.__name__, real.__doc__)
+    quiet.__dict__.update((k, v) for k, v in real.__dict__.items() if k not in ("__name__", "__doc__"))
+    quiet.QUIET_WHEN_EMPTY = True
+
+    def quieter(base):
+        def select(self, timeout=None):
+            if not self.get_map():
+                return []
+            return base.select(self, timeout)
+
+        return type(base.__name__, (base,), {"select": select, "__module__": base.__module__})
+
+    for name in ("PollSelector", "SelectSelector"):
+        if hasattr(real, name):
+            setattr(quiet, name, quieter(getattr(real, name)))
+    basic.selectors = quiet
 
 
 WARM = {}  # module -> (file inside its bundle, CRC) for modules loaded from one
