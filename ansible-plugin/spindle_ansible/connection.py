@@ -20,6 +20,7 @@ import ansible.plugins.connection
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
+from ansible.utils.path import makedirs_safe, unfrackpath
 
 from spindle_ansible import client as _client
 from spindle_ansible import payload as _payload
@@ -64,29 +65,23 @@ _SERVED_BECOME = {
 _DISCOVERY = re.compile(r"echo FOUND; ((?:command -v '[^']*'; )*)echo ENDFOUND")
 _DISCOVERY_NAME = re.compile(r"command -v '([^']*)'")
 
-# ssh options that would make our ssh a long-lived multiplexing master; the
-# controller already keeps exactly one connection per host for the run.
-_MUX_OPTIONS = ("controlmaster", "controlpersist", "controlpath")
-
-
-def _without_mux(args):
-    out, skip = [], False
-    for i, a in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        opt = None
-        if a == "-o" and i + 1 < len(args):
-            opt, skip = args[i + 1], True
-        elif a.startswith("-o"):
-            opt = a[2:]
-        if opt is not None and opt.strip().lower().startswith(_MUX_OPTIONS):
-            continue
-        if opt is not None and a == "-o":
-            out.extend([a, opt])
-        else:
-            out.append(a)
-    return out
+def _with_control_path(args, control_path, control_path_dir, host, port, user):
+    """`args` as the ssh plugin runs ssh with them: where they ask for
+    ControlPersist without naming a ControlPath, the ControlPath it adds
+    (`control_path`, else a digest of host, port and user, inside
+    `control_path_dir`), so that Spindle's connection and stock ones share
+    the master a run leaves behind, as stock runs do."""
+    lowered = [a.lower() for a in args]
+    if not any("controlpersist" in a for a in lowered) or any("controlpath" in a for a in lowered):
+        return args
+    directory = unfrackpath(control_path_dir)
+    makedirs_safe(directory, 0o700)
+    if not os.access(directory, os.W_OK):
+        raise AnsibleError("Cannot write to ControlPath %s" % directory)
+    if not control_path:
+        digest = hashlib.sha1(("%s-%s-%s" % (host, port, user)).encode("utf-8")).hexdigest()
+        control_path = "%(directory)s/" + digest[:10]
+    return args + ["-o", 'ControlPath="%s"' % (control_path % dict(directory=directory))]
 
 
 class Connection(ConnectionBase):
@@ -113,6 +108,11 @@ class Connection(ConnectionBase):
         become wrapping Spindle does not serve. Steps sent without waiting
         are settled first: the command may need the files they made."""
         self._call({"op": "hello"})
+        return self._stock_plugin()
+
+    def _stock_plugin(self):
+        """The stock connection of `_stock_connection`, steps sent without
+        waiting left as they are."""
         if self._stock is None:
             play_context, args, kwargs = self._stock_args
             self._stock = self._stock_module.Connection(play_context, *args, **kwargs)
@@ -149,7 +149,14 @@ class Connection(ConnectionBase):
             "port": int(port) if port else None,
             "user": self.get_option("remote_user"),
             "identity": os.path.expanduser(key) if key else None,
-            "ssh_args": _without_mux(args),
+            "ssh_args": _with_control_path(
+                args,
+                self.get_option("control_path"),
+                self.get_option("control_path_dir"),
+                self._host(),
+                port,
+                self._login_user(),
+            ),
             "ssh_executable": self.get_option("ssh_executable"),
             "timeout": int(self.get_option("timeout")),
             # Handed to ssh through SSH_ASKPASS by the controller, as the
@@ -473,8 +480,9 @@ class Connection(ConnectionBase):
                 self._client = client
         if self._client is not None:
             self._call({"op": "reset"})
-        if self._stock is not None:
-            self._stock.reset()
+        # Then, as the ssh plugin resets, a ControlPersist master is asked
+        # to stop (the next connection logs in afresh).
+        self._stock_plugin().reset()
 
     def close(self):
         # The controller keeps the host's link for the rest of the run.

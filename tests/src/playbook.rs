@@ -36,7 +36,7 @@ pub fn play_with(
     strategy: Option<&str>,
     spindle_bin: &Path,
 ) -> Result<Vec<String>> {
-    run(tb, playbook, connection, strategy, spindle_bin, &[])
+    run(tb, playbook, connection, strategy, spindle_bin, &[], &[])
 }
 
 /// [`play`] with extra variables (`-e NAME=VALUE` each).
@@ -46,7 +46,35 @@ pub fn play_vars(
     connection: &str,
     vars: &[&str],
 ) -> Result<Vec<String>> {
-    run(tb, playbook, connection, None, &crate::spindle_bin(), vars)
+    run(
+        tb,
+        playbook,
+        connection,
+        None,
+        &crate::spindle_bin(),
+        vars,
+        &[],
+    )
+}
+
+/// [`play_vars`] with more environment for `ansible-playbook` (set after
+/// the suite's own, so it can override them).
+pub fn play_env(
+    tb: &Testbed,
+    playbook: &str,
+    connection: &str,
+    vars: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Vec<String>> {
+    run(
+        tb,
+        playbook,
+        connection,
+        None,
+        &crate::spindle_bin(),
+        vars,
+        env,
+    )
 }
 
 fn run(
@@ -56,6 +84,7 @@ fn run(
     strategy: Option<&str>,
     spindle_bin: &Path,
     vars: &[&str],
+    env: &[(&str, &str)],
 ) -> Result<Vec<String>> {
     let venv = venv();
     // Unique per run: the tests of this file run in parallel.
@@ -97,6 +126,7 @@ fn run(
         // No ControlPersist master outliving the run: other suites count
         // the processes on these hosts.
         .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
+        .envs(env.iter().copied())
         .output()
         .context("running ansible-playbook")?;
     let _ = std::fs::remove_dir_all(&fetch_dir);

@@ -167,6 +167,8 @@ fn become_id(tb: &Testbed, user: &str, args: &[&str]) -> Result<std::process::Ou
         )
         .env("SPINDLE_BIN", spindle_tests::spindle_bin())
         .env("ANSIBLE_NOCOLOR", "1")
+        // No ControlPersist master outliving the run (as in the suites).
+        .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
         .output()?)
 }
 

@@ -79,6 +79,8 @@ fn pip_installs_a_working_spindle() -> Result<()> {
             .env_remove("SPINDLE_BIN")
             .env_remove("SPINDLE_AGENT_DIR")
             .env("ANSIBLE_NOCOLOR", "1")
+            // No ControlPersist master outliving the run (as in the suites).
+            .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
             .output()?;
         let text = String::from_utf8_lossy(&run.stdout);
         ensure!(

@@ -193,6 +193,8 @@ fn adhoc(tb: &Testbed, args: &[&str]) -> Result<std::process::Output> {
         )
         .env("SPINDLE_BIN", spindle_tests::spindle_bin())
         .env("ANSIBLE_NOCOLOR", "1")
+        // No ControlPersist master outliving the run (as in the suites).
+        .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
         .output()?)
 }
 
@@ -345,6 +347,8 @@ fn start_run(tb: &Testbed, playbook: &str, args: &[&str]) -> Result<std::process
         )
         .env("SPINDLE_BIN", spindle_tests::spindle_bin())
         .env("ANSIBLE_NOCOLOR", "1")
+        // No ControlPersist master outliving the run (as in the suites).
+        .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
         .stdout(std::process::Stdio::piped())
         .spawn()?)
 }

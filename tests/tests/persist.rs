@@ -1,0 +1,76 @@
+//! ssh's ControlPersist, as the ssh plugin's settings ask for it (Ansible's
+//! default ssh_args do): a run leaves the master behind, the next run logs
+//! in through it, and `meta: reset_connection` stops it. A binary of its
+//! own: logins on the host are counted.
+
+use anyhow::{Context, Result};
+use spindle_tests::playbook::play_env;
+use spindle_tests::Testbed;
+use std::process::Command;
+
+/// Logins of three runs with `connection`: `connection/persist.yml` twice,
+/// then `connection/persist_reset.yml` (a reset between its two tasks).
+fn logins(tb: &Testbed, connection: &str) -> Result<[usize; 3]> {
+    let th = tb.host("sp2")?;
+    let dir = std::env::temp_dir().join(format!("spindle-cp-{connection}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let dir_text = dir.display().to_string();
+    let env = [
+        (
+            "ANSIBLE_SSH_ARGS",
+            "-C -o ControlMaster=auto -o ControlPersist=60s",
+        ),
+        ("ANSIBLE_SSH_CONTROL_PATH_DIR", dir_text.as_str()),
+    ];
+    let mut counts = [0; 3];
+    let mut last = th.auth_count()?;
+    let runs = ["persist.yml", "persist.yml", "persist_reset.yml"];
+    for (i, playbook) in runs.iter().enumerate() {
+        let result = play_env(tb, &format!("connection/{playbook}"), connection, &[], &env);
+        let now = th.auth_count()?;
+        counts[i] = now - last;
+        last = now;
+        if let Err(e) = result {
+            stop_masters(&dir);
+            return Err(e);
+        }
+        let sockets = std::fs::read_dir(&dir)?.count();
+        if sockets != 1 {
+            stop_masters(&dir);
+            anyhow::bail!("{connection}: {sockets} control sockets after run {i}");
+        }
+    }
+    stop_masters(&dir);
+    Ok(counts)
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Stops the masters whose sockets are in `dir` (none outlives the test).
+fn stop_masters(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let _ = Command::new("ssh")
+            .arg("-o")
+            .arg(format!("ControlPath={}", entry.path().display()))
+            .args(["-O", "exit", "master"])
+            .output();
+    }
+}
+
+#[test]
+fn control_persist_is_shared_across_runs_and_reset() -> Result<()> {
+    let tb = Testbed::load()?;
+    let _lock = tb.host("sp2")?.lock()?;
+    let stock = logins(&tb, "ssh").context("stock")?;
+    let spindle = logins(&tb, "spindle").context("Spindle")?;
+    assert_eq!(stock, [1, 0, 1], "stock logins per run");
+    assert_eq!(spindle, stock, "Spindle logins per run");
+    Ok(())
+}
