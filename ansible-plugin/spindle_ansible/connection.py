@@ -481,8 +481,14 @@ class Connection(ConnectionBase):
         if self._client is not None:
             self._call({"op": "reset"})
         # Then, as the ssh plugin resets, a ControlPersist master is asked
-        # to stop (the next connection logs in afresh).
-        self._stock_plugin().reset()
+        # to stop (the next connection logs in afresh). Where the stock
+        # plugin cannot even build its ssh command (ansible-core 2.17 wants
+        # sshpass for a password, which Spindle does without), there is
+        # no master of its making to stop.
+        try:
+            self._stock_plugin().reset()
+        except AnsibleError as e:
+            display.vvv("SPINDLE: no ControlPersist master stopped: %s" % e, host=self._host())
 
     def close(self):
         # The controller keeps the host's link for the rest of the run.

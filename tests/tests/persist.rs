@@ -23,26 +23,23 @@ fn logins(tb: &Testbed, connection: &str) -> Result<[usize; 3]> {
         ),
         ("ANSIBLE_SSH_CONTROL_PATH_DIR", dir_text.as_str()),
     ];
-    let mut counts = [0; 3];
-    let mut last = th.auth_count()?;
-    let runs = ["persist.yml", "persist.yml", "persist_reset.yml"];
-    for (i, playbook) in runs.iter().enumerate() {
-        let result = play_env(tb, &format!("connection/{playbook}"), connection, &[], &env);
-        let now = th.auth_count()?;
-        counts[i] = now - last;
-        last = now;
-        if let Err(e) = result {
-            stop_masters(&dir);
-            return Err(e);
+    let counted = (|| -> Result<[usize; 3]> {
+        let mut counts = [0; 3];
+        let mut last = th.auth_count()?;
+        let runs = ["persist.yml", "persist.yml", "persist_reset.yml"];
+        for (i, playbook) in runs.iter().enumerate() {
+            let result = play_env(tb, &format!("connection/{playbook}"), connection, &[], &env);
+            let now = th.auth_count()?;
+            counts[i] = now - last;
+            last = now;
+            result?;
+            let sockets = std::fs::read_dir(&dir)?.count();
+            anyhow::ensure!(sockets == 1, "{sockets} control sockets after run {i}");
         }
-        let sockets = std::fs::read_dir(&dir)?.count();
-        if sockets != 1 {
-            stop_masters(&dir);
-            anyhow::bail!("{connection}: {sockets} control sockets after run {i}");
-        }
-    }
+        Ok(counts)
+    })();
     stop_masters(&dir);
-    Ok(counts)
+    counted
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

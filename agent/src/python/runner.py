@@ -120,8 +120,9 @@ def quiet_empty_selects():
     # between its two checks of that, it selects once more on a selector
     # that holds nothing, which sleeps a whole second (its timeout) and
     # then finds the command ended. basic's selectors here return at once
-    # when nothing is registered; everything else is the standard module's,
-    # and no other module sees a change.
+    # the first time they are asked to select with nothing registered (a
+    # loop that keeps asking still sleeps as it would); everything else is
+    # the standard module's, and the standard module itself is untouched.
     basic = sys.modules.get("ansible.module_utils.basic")
     real = getattr(basic, "selectors", None)
     if real is None or getattr(real, "QUIET_WHEN_EMPTY", False):
@@ -134,7 +135,8 @@ def quiet_empty_selects():
 
     def quieter(base):
         def select(self, timeout=None):
-            if not self.get_map():
+            if not self.get_map() and not getattr(self, "_spindle_quick", False):
+                self._spindle_quick = True
                 return []
             return base.select(self, timeout)
 
