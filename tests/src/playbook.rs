@@ -46,15 +46,7 @@ pub fn play_vars(
     connection: &str,
     vars: &[&str],
 ) -> Result<Vec<String>> {
-    run(
-        tb,
-        playbook,
-        connection,
-        None,
-        &crate::spindle_bin(),
-        vars,
-        &[],
-    )
+    play_env(tb, playbook, connection, vars, &[])
 }
 
 /// [`play_vars`] with more environment for `ansible-playbook` (set after
