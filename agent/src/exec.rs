@@ -158,8 +158,11 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
                     }
                     // Waited for beside the reading: the command's end, not
                     // the terminal's, ends the output (see `PtyOutput`).
+                    // The master stays open until the command is reaped: a
+                    // command that closed its output but has not yet exited
+                    // would be hung up (SIGHUP) by its terminal closing.
                     let waiter = spawn_in(s, move || wait(pgid, what, exited));
-                    let stream = PtyOutput::new(master, exited);
+                    let stream = PtyOutput::new(&master, exited);
                     let output = (
                         pump(id, StreamKind::Stdout, stream, control),
                         Ok(Vec::new()),
@@ -167,6 +170,9 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
                     let status = waiter.join().unwrap_or_else(|_| {
                         Err(WireError::new(ErrorKind::Io, "waiting for the command"))
                     });
+                    // Now what the command left in the background is hung
+                    // up, as sshd hangs up a session's terminal.
+                    drop(master);
                     (output, status)
                 }
                 None => {
@@ -423,14 +429,14 @@ const PTY_QUIET: Duration = Duration::from_millis(20);
 /// may keep the terminal open; it does not hold the reply, and is hung up
 /// when the master closes.
 struct PtyOutput<'a> {
-    master: File,
+    master: &'a File,
     exited: &'a AtomicBool,
     /// Time spent waiting for output since the command ended.
     lingered: Duration,
 }
 
 impl<'a> PtyOutput<'a> {
-    fn new(master: File, exited: &'a AtomicBool) -> Self {
+    fn new(master: &'a File, exited: &'a AtomicBool) -> Self {
         PtyOutput {
             master,
             exited,

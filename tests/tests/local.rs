@@ -160,6 +160,25 @@ async fn pty_output_ends_with_the_command() {
     assert!(text.ends_with("20000\r\n"), "{}", &text[text.len() - 40..]);
 }
 
+/// A command that closes its terminal before it exits (coreutils close
+/// their output at exit, a moment before they end) is not hung up: the
+/// terminal stays open until the command is reaped, as sshd keeps it.
+#[tokio::test]
+async fn pty_stays_open_until_the_command_ends() {
+    let host = local(None);
+    let dir = tempdir();
+    let marker = format!("{dir}/finished");
+    let mut req = Exec::shell(format!(
+        "echo closing; exec </dev/null >/dev/null 2>&1; sleep 0.3; touch {marker}"
+    ));
+    req.pty = true;
+    let out = host.exec(req).await.unwrap();
+    assert_eq!(out.stdout, b"closing\r\n");
+    assert_eq!((out.code, out.signal), (Some(0), None));
+    assert!(std::path::Path::new(&marker).exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn timeout_kills_the_process_group() {
     let host = local(None);
