@@ -83,10 +83,17 @@ fn run(
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let fetch_dir = std::env::temp_dir().join(format!("spindle-fetch-{}-{n}", std::process::id()));
+    // Ansible's default ssh_args (ControlPersist masters, as most users
+    // run), with the run's own control_path_dir: its masters are stopped
+    // when it ends, so none outlives it (other suites count the processes
+    // on these hosts) and no two runs share one.
+    let control_dir = std::env::temp_dir().join(format!("spindle-cp-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&control_dir)?;
     let mut cmd = Command::new(venv.join("bin/ansible-playbook"));
     if let Some(strategy) = strategy {
         cmd.env("ANSIBLE_STRATEGY", strategy);
     }
+    let started = std::time::Instant::now();
     let out = cmd
         .arg("-i")
         .arg(&tb.inventory)
@@ -115,13 +122,19 @@ fn run(
         .env("SPINDLE_BIN", spindle_bin)
         .env("ANSIBLE_LIBRARY", library()?)
         .env("ANSIBLE_NOCOLOR", "1")
-        // No ControlPersist master outliving the run: other suites count
-        // the processes on these hosts.
-        .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")
+        .env("ANSIBLE_SSH_ARGS", DEFAULT_SSH_ARGS)
+        .env("ANSIBLE_SSH_CONTROL_PATH_DIR", &control_dir)
         .envs(env.iter().copied())
         .output()
-        .context("running ansible-playbook")?;
+        .context("running ansible-playbook");
+    stop_masters(&control_dir);
+    let _ = std::fs::remove_dir_all(&control_dir);
     let _ = std::fs::remove_dir_all(&fetch_dir);
+    let out = out?;
+    eprintln!(
+        "{playbook} with -c {connection}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -138,6 +151,20 @@ fn run(
         .collect();
     anyhow::ensure!(!recap.is_empty(), "no recap in:\n{text}");
     Ok(recap)
+}
+
+/// The ssh plugin's default `ssh_args`.
+pub const DEFAULT_SSH_ARGS: &str = "-C -o ControlMaster=auto -o ControlPersist=60s";
+
+/// Stops the ssh masters whose sockets are in `dir`.
+pub fn stop_masters(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let _ = Command::new("ssh")
+            .arg("-o")
+            .arg(format!("ControlPath={}", entry.path().display()))
+            .args(["-O", "exit", "master"])
+            .output();
+    }
 }
 
 /// Spindle's connection plugins; with `-c spindle`, Spindle also serves

@@ -4,9 +4,8 @@
 //! own: logins on the host are counted.
 
 use anyhow::{Context, Result};
-use spindle_tests::playbook::play_env;
+use spindle_tests::playbook::{play_env, stop_masters, DEFAULT_SSH_ARGS};
 use spindle_tests::Testbed;
-use std::process::Command;
 
 /// Logins of three runs with `connection`: `connection/persist.yml` twice,
 /// then `connection/persist_reset.yml` (a reset between its two tasks).
@@ -17,10 +16,7 @@ fn logins(tb: &Testbed, connection: &str) -> Result<[usize; 3]> {
     let _cleanup = RemoveOnDrop(dir.clone());
     let dir_text = dir.display().to_string();
     let env = [
-        (
-            "ANSIBLE_SSH_ARGS",
-            "-C -o ControlMaster=auto -o ControlPersist=60s",
-        ),
+        ("ANSIBLE_SSH_ARGS", DEFAULT_SSH_ARGS),
         ("ANSIBLE_SSH_CONTROL_PATH_DIR", dir_text.as_str()),
     ];
     let counted = (|| -> Result<[usize; 3]> {
@@ -47,17 +43,6 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Stops the masters whose sockets are in `dir` (none outlives the test).
-fn stop_masters(dir: &std::path::Path) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let _ = Command::new("ssh")
-            .arg("-o")
-            .arg(format!("ControlPath={}", entry.path().display()))
-            .args(["-O", "exit", "master"])
-            .output();
     }
 }
 

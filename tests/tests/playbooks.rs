@@ -4,7 +4,9 @@
 //! same recap.
 
 use anyhow::{Context, Result};
-use spindle_tests::playbook::{play, play_with, root, same_under_stock_and_spindle, venv};
+use spindle_tests::playbook::{
+    play, play_env, play_with, root, same_under_stock_and_spindle, venv,
+};
 use spindle_tests::Testbed;
 use std::process::Command;
 
@@ -62,11 +64,19 @@ fn connection_basics() -> Result<()> {
 }
 
 /// Holds sp1's lock: the suite edits the account's environment there.
+/// Without a ControlMaster: each stock task is then a fresh login, whose
+/// PAM reads the environment files anew (a master's sessions keep what its
+/// login read).
 #[test]
 fn connection_environment() -> Result<()> {
     let tb = Testbed::load()?;
     let _lock = tb.host("sp1")?.lock()?;
-    same_under_stock_and_spindle("connection/environment.yml")
+    let playbook = "connection/environment.yml";
+    let env = [("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")];
+    let stock = play_env(&tb, playbook, "ssh", &[], &env)?;
+    let spindle = play_env(&tb, playbook, "spindle", &[], &env)?;
+    assert_eq!(spindle, stock, "{playbook}: recaps differ");
+    Ok(())
 }
 
 /// Edits of /etc/resolv.conf reach the next task's resolver. Holds sp3's
