@@ -1,8 +1,8 @@
 //! The environment a fresh login would see now, not the one the agent was
 //! started with.
 //!
-//! Stock Ansible opens a new SSH session per task, so PAM's `pam_env`
-//! re-reads `/etc/environment`, `/etc/default/locale` and
+//! Stock Ansible without a ControlMaster logs in anew for each task, so
+//! PAM's `pam_env` re-reads `/etc/environment`, `/etc/default/locale` and
 //! `~/.pam_environment` every time: a task that edits them is seen by the
 //! next. The agent's session is long-lived, so it emulates that, the way
 //! pam_env's rules work out for a session that started at the agent's start:
@@ -20,6 +20,11 @@
 //!
 //! Files are only re-read when their size, inode or modification time
 //! changed, so an unchanged system costs three `stat` calls per request.
+//!
+//! Over a connection whose login every session shares (ssh's ControlMaster
+//! with ControlPersist, as Ansible's default ssh_args ask for), stock's
+//! tasks get the environment that one login read, so the controller turns
+//! the emulation off ([`share_login`]).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -76,6 +81,17 @@ pub fn capture(home: &str, shell: &str) {
         shell: shell.to_owned(),
         last: (stamps, Delta::default()),
     }));
+}
+
+/// From now on, no changes: the agent's login is shared by every session
+/// of its connection (ssh's ControlPersist), and such a session gets the
+/// environment that login read, not what the files say now.
+pub fn share_login() {
+    if let Some(state) = STATE.get() {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        s.files.clear();
+        s.last = (Vec::new(), Delta::default());
+    }
 }
 
 /// The changes a fresh login would see compared to the agent's own

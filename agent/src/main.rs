@@ -336,7 +336,12 @@ fn run(
         Request::RunModule(m) => python::run(id, m, control).map(Reply::Exec),
         Request::Become(b) => child::start(b, control).map(Reply::Child),
         Request::Configure(c) => {
-            out::set_log_level(c.log_level);
+            if let Some(level) = c.log_level {
+                out::set_log_level(level);
+            }
+            if c.shared_login {
+                login_env::share_login();
+            }
             Ok(Reply::Pong(Default::default()))
         }
     }

@@ -231,18 +231,19 @@ impl Host {
             return Ok(link.clone());
         }
         *slot = None;
-        let link = Arc::new(
+        let (link, shared_login) = tokio::join!(
             Link::connect(
                 &self.target.transport,
                 &self.target.dest,
                 self.target.python.as_deref(),
                 &self.agents,
                 self.connect_timeout,
-            )
-            .await?,
+            ),
+            self.target.transport.shares_login(&self.target.dest)
         );
+        let link = Arc::new(link?);
         // Not part of whatever chain of steps the caller is in.
-        crate::chain::outside(configure(&link)).await?;
+        crate::chain::outside(configure(&link, shared_login)).await?;
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -327,8 +328,10 @@ impl Host {
             other => other?,
         };
         let link = Arc::new(Link::child(&parent, child.child, *child.hello));
-        // Not part of whatever chain of steps the caller is in.
-        crate::chain::outside(configure(&link)).await?;
+        // Not part of whatever chain of steps the caller is in. A child's
+        // account is entered afresh by sudo, su or doas, whose PAM stacks
+        // read the environment files each time: no shared login.
+        crate::chain::outside(configure(&link, false)).await?;
         accounts.insert(key, (link.clone(), std::time::Instant::now()));
         Ok(link)
     }
@@ -699,18 +702,25 @@ fn read_chunks(mut file: std::fs::File, size: u64, tx: mpsc::Sender<std::io::Res
     }
 }
 
-/// Asks a new agent for the log records this process shows: an agent
-/// sends debug records (per-task timings, say) only when asked to.
-async fn configure(link: &Link) -> Result<()> {
-    if tracing::enabled!(target: "spindle::agent", tracing::Level::DEBUG)
-        || crate::agent_log::enabled()
-    {
-        let level = if tracing::enabled!(target: "spindle::agent", tracing::Level::TRACE) {
+/// Asks a new agent for the log records this process shows (an agent
+/// sends debug records, per-task timings say, only when asked to), and
+/// tells it whether its login is shared (see [`Configure::shared_login`]).
+async fn configure(link: &Link, shared_login: bool) -> Result<()> {
+    let log_level = (tracing::enabled!(target: "spindle::agent", tracing::Level::DEBUG)
+        || crate::agent_log::enabled())
+    .then(|| {
+        if tracing::enabled!(target: "spindle::agent", tracing::Level::TRACE) {
             LogLevel::Trace
         } else {
             LogLevel::Debug
-        };
-        link.call(Configure { log_level: level }).await?;
+        }
+    });
+    if log_level.is_some() || shared_login {
+        link.call(Configure {
+            log_level,
+            shared_login,
+        })
+        .await?;
     }
     Ok(())
 }

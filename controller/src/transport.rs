@@ -154,6 +154,49 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// Whether every session to `dest` shares one login: ssh's effective
+    /// configuration (`ssh -G`, so the user's config files count too) has
+    /// a ControlMaster that persists. Each stock task over such a
+    /// connection gets the environment that login read. Only ssh logs in;
+    /// an ssh that cannot tell counts as no.
+    pub async fn shares_login(&self, dest: &Destination) -> bool {
+        let Transport::Ssh(o) = self else {
+            return false;
+        };
+        let mut argv = ssh_argv(o, dest, "");
+        // The destination and the (empty) command, after `--`.
+        argv.truncate(argv.len() - 3);
+        let out = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["-G", "--", &dest.host])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await;
+        match out {
+            Ok(out) if out.status.success() => {
+                persistent_master(&String::from_utf8_lossy(&out.stdout))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether `ssh -G` output configures a master that outlives its first
+/// session.
+fn persistent_master(config: &str) -> bool {
+    let value = |key: &str| {
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+            .unwrap_or("")
+    };
+    !matches!(value("controlmaster"), "" | "false" | "no")
+        && !matches!(value("controlpersist"), "" | "no")
+}
+
 fn ssh_argv(o: &SshOptions, dest: &Destination, remote_command: &str) -> Vec<String> {
     let mut v: Vec<String> = vec![o.program.clone()];
     if let Some(f) = &o.config {
@@ -237,6 +280,17 @@ mod tests {
         for bad in ["", "@host", "host:x", "[::1", "host:99999", "[::1]x"] {
             assert!(d(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn persistent_masters() {
+        let g = |m: &str, p: &str| format!("user me\ncontrolmaster {m}\ncontrolpersist {p}\n");
+        assert!(persistent_master(&g("auto", "60")));
+        assert!(persistent_master(&g("true", "yes")));
+        assert!(persistent_master(&g("autoask", "600")));
+        assert!(!persistent_master(&g("false", "60")));
+        assert!(!persistent_master(&g("auto", "no")));
+        assert!(!persistent_master("user me\n"));
     }
 
     #[test]

@@ -212,11 +212,21 @@ pub struct Ping {}
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pong {}
 
-/// Settings for the rest of the agent's life. An agent starts logging at
-/// [`LogLevel::Info`]; records above `log_level` are not sent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Settings for the rest of the agent's life; a field left out changes
+/// nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Configure {
-    pub log_level: LogLevel,
+    /// Records above this level are not sent. An agent starts at
+    /// [`LogLevel::Info`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+    /// The agent's login is shared by every session on its connection
+    /// (ssh's ControlMaster with ControlPersist): commands and interpreters
+    /// get the environment that login gave, as each session of such a
+    /// connection does, rather than what a fresh login would read from the
+    /// environment files now. An agent starts without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_login: bool,
 }
 
 /// Run a command. Output up to [`crate::CHUNK`] per stream comes back in the

@@ -168,7 +168,16 @@ fn golden_encodings() {
         "call_configure",
         1,
         Configure {
-            log_level: LogLevel::Debug,
+            log_level: Some(LogLevel::Debug),
+            shared_login: false,
+        },
+    );
+    g.call(
+        "call_configure_shared_login",
+        1,
+        Configure {
+            log_level: None,
+            shared_login: true,
         },
     );
     g.call(

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use spindle_tests::playbook::{
-    play, play_env, play_with, root, same_under_stock_and_spindle, venv,
+    play, play_env, play_with, root, same_under_stock_and_spindle, venv, DEFAULT_SSH_ARGS,
 };
 use spindle_tests::Testbed;
 use std::process::Command;
@@ -64,18 +64,20 @@ fn connection_basics() -> Result<()> {
 }
 
 /// Holds sp1's lock: the suite edits the account's environment there.
-/// Without a ControlMaster: each stock task is then a fresh login, whose
-/// PAM reads the environment files anew (a master's sessions keep what its
-/// login read).
+/// Run without a ControlMaster, where each stock task is a fresh login
+/// whose PAM reads the environment files anew, and with the default
+/// ssh_args, where every task is a session of one login.
 #[test]
 fn connection_environment() -> Result<()> {
     let tb = Testbed::load()?;
     let _lock = tb.host("sp1")?.lock()?;
     let playbook = "connection/environment.yml";
-    let env = [("ANSIBLE_SSH_ARGS", "-o ControlMaster=no")];
-    let stock = play_env(&tb, playbook, "ssh", &[], &env)?;
-    let spindle = play_env(&tb, playbook, "spindle", &[], &env)?;
-    assert_eq!(spindle, stock, "{playbook}: recaps differ");
+    for ssh_args in ["-o ControlMaster=no", DEFAULT_SSH_ARGS] {
+        let env = [("ANSIBLE_SSH_ARGS", ssh_args)];
+        let stock = play_env(&tb, playbook, "ssh", &[], &env)?;
+        let spindle = play_env(&tb, playbook, "spindle", &[], &env)?;
+        assert_eq!(spindle, stock, "{playbook} with {ssh_args}: recaps differ");
+    }
     Ok(())
 }
 
