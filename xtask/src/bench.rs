@@ -33,7 +33,8 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// `bench ansible`: only these playbooks (comma separated: hostname100,
-    /// loop200, files, become30, hostname100x10, localhost100); all of
+    /// loop200, files, become30, become30su, hostname100x10,
+    /// localhost100); all of
     /// them otherwise.
     #[arg(long, value_delimiter = ',')]
     playbooks: Vec<String>,
@@ -811,7 +812,14 @@ fn write_playbooks(dir: &Path) -> Result<Vec<Playbook>> {
             i % 2 == 0
         ));
     }
-    std::fs::write(dir.join("become30.yml"), switching)?;
+    std::fs::write(dir.join("become30.yml"), &switching)?;
+    // The same with su, which asks for the target account's password.
+    let su_head = "- hosts: sp1\n  gather_facts: false\n  vars:\n    \
+                   ansible_become_method: su\n    ansible_become_password: root-pw\n  tasks:\n";
+    std::fs::write(
+        dir.join("become30su.yml"),
+        switching.replacen(head, su_head, 1),
+    )?;
     let one = || vec![HOST.to_owned()];
     let playbook = |name, file, hosts| Playbook { name, file, hosts };
     Ok(vec![
@@ -829,6 +837,11 @@ fn write_playbooks(dir: &Path) -> Result<Vec<Playbook>> {
         playbook(
             "30 x command: id -un, become on and off",
             "become30.yml",
+            one(),
+        ),
+        playbook(
+            "30 x command: id -un, become (su, password) on and off",
+            "become30su.yml",
             one(),
         ),
         playbook(
