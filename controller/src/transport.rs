@@ -157,9 +157,10 @@ impl Transport {
 impl Transport {
     /// Whether every session to `dest` shares one login: ssh's effective
     /// configuration (`ssh -G`, so the user's config files count too) has
-    /// a ControlMaster that persists. Each stock task over such a
-    /// connection gets the environment that login read. Only ssh logs in;
-    /// an ssh that cannot tell counts as no.
+    /// a ControlMaster that persists, at a ControlPath. Each stock task
+    /// over such a connection gets the environment that login read. Only
+    /// ssh logs in; an ssh that cannot tell within the connect timeout (a
+    /// `Match exec` may run a command) counts as no.
     pub async fn shares_login(&self, dest: &Destination) -> bool {
         let Transport::Ssh(o) = self else {
             return false;
@@ -173,10 +174,9 @@ impl Transport {
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
-            .output()
-            .await;
-        match out {
-            Ok(out) if out.status.success() => {
+            .output();
+        match tokio::time::timeout(o.connect_timeout, out).await {
+            Ok(Ok(out)) if out.status.success() => {
                 persistent_master(&String::from_utf8_lossy(&out.stdout))
             }
             _ => false,
@@ -185,7 +185,7 @@ impl Transport {
 }
 
 /// Whether `ssh -G` output configures a master that outlives its first
-/// session.
+/// session (without a ControlPath there is no master at all).
 fn persistent_master(config: &str) -> bool {
     let value = |key: &str| {
         config
@@ -195,6 +195,7 @@ fn persistent_master(config: &str) -> bool {
     };
     !matches!(value("controlmaster"), "" | "false" | "no")
         && !matches!(value("controlpersist"), "" | "no")
+        && !matches!(value("controlpath"), "" | "none")
 }
 
 fn ssh_argv(o: &SshOptions, dest: &Destination, remote_command: &str) -> Vec<String> {
@@ -284,13 +285,19 @@ mod tests {
 
     #[test]
     fn persistent_masters() {
-        let g = |m: &str, p: &str| format!("user me\ncontrolmaster {m}\ncontrolpersist {p}\n");
+        let g = |m: &str, p: &str| {
+            format!("user me\ncontrolmaster {m}\ncontrolpath /cp/%C\ncontrolpersist {p}\n")
+        };
         assert!(persistent_master(&g("auto", "60")));
         assert!(persistent_master(&g("true", "yes")));
         assert!(persistent_master(&g("autoask", "600")));
         assert!(!persistent_master(&g("false", "60")));
         assert!(!persistent_master(&g("auto", "no")));
         assert!(!persistent_master("user me\n"));
+        // ssh prints no controlpath for none or an unset one.
+        assert!(!persistent_master(
+            "controlmaster auto\ncontrolpersist 60\n"
+        ));
     }
 
     #[test]
