@@ -387,20 +387,10 @@ impl Daemon {
             .clone();
         let (ssh, args, host) = &key;
         let looked_up = cell.get_or_try_init(|| async {
-            let run = tokio::process::Command::new(ssh)
-                .args(args)
-                .args(["-G", "--", host])
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            match tokio::time::timeout(Duration::from_secs(10), run).await {
-                Ok(Ok(out)) if out.status.success() => {
-                    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-                }
-                // Not kept: the next task asks again.
-                _ => Err(()),
-            }
+            // A failure is not kept: the next task asks again.
+            crate::transport::ssh_config(ssh, args, host, Duration::from_secs(10))
+                .await
+                .ok_or(())
         });
         let text = looked_up.await.map(String::as_str).unwrap_or_default();
         Ok(json!({ "settings": text }))

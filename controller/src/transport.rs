@@ -152,9 +152,7 @@ impl Transport {
             Transport::Ssh(o) => ssh_argv(o, dest, remote_command),
         }
     }
-}
 
-impl Transport {
     /// Whether every session to `dest` shares one login: ssh's effective
     /// configuration (`ssh -G`, so the user's config files count too) has
     /// a ControlMaster that persists, at a ControlPath. Each stock task
@@ -168,19 +166,33 @@ impl Transport {
         let mut argv = ssh_argv(o, dest, "");
         // The destination and the (empty) command, after `--`.
         argv.truncate(argv.len() - 3);
-        let out = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .args(["-G", "--", &dest.host])
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        match tokio::time::timeout(o.connect_timeout, out).await {
-            Ok(Ok(out)) if out.status.success() => {
-                persistent_master(&String::from_utf8_lossy(&out.stdout))
-            }
-            _ => false,
+        ssh_config(&argv[0], &argv[1..], &dest.host, o.connect_timeout)
+            .await
+            .is_some_and(|config| persistent_master(&config))
+    }
+}
+
+/// What `SSH ARGS -G -- HOST` prints: the configuration `ssh` would connect
+/// to `host` with, the user's config files included. `None` if it fails
+/// or takes longer than `timeout` (a `Match exec` may run a command).
+pub async fn ssh_config(
+    ssh: &str,
+    args: &[String],
+    host: &str,
+    timeout: Duration,
+) -> Option<String> {
+    let run = tokio::process::Command::new(ssh)
+        .args(args)
+        .args(["-G", "--", host])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
         }
+        _ => None,
     }
 }
 

@@ -34,8 +34,7 @@ pub struct Args {
     out: Option<PathBuf>,
     /// `bench ansible`: only these playbooks (comma separated: hostname100,
     /// loop200, files, become30, become30su, hostname100x10,
-    /// localhost100); all of
-    /// them otherwise.
+    /// localhost100); all of them otherwise.
     #[arg(long, value_delimiter = ',')]
     playbooks: Vec<String>,
     /// `bench ansible`: draw the wall times as a bar chart (PNG) here.
