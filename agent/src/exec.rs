@@ -156,24 +156,7 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
                             let _ = dst.write_all(bytes);
                         });
                     }
-                    // Waited for beside the reading: the command's end, not
-                    // the terminal's, ends the output (see `PtyOutput`).
-                    // The master stays open until the command is reaped: a
-                    // command that closed its output but has not yet exited
-                    // would be hung up (SIGHUP) by its terminal closing.
-                    let waiter = spawn_in(s, move || wait(pgid, what, exited));
-                    let stream = PtyOutput::new(&master, exited);
-                    let output = (
-                        pump(id, StreamKind::Stdout, stream, control),
-                        Ok(Vec::new()),
-                    );
-                    let status = waiter.join().unwrap_or_else(|_| {
-                        Err(WireError::new(ErrorKind::Io, "waiting for the command"))
-                    });
-                    // Now what the command left in the background is hung
-                    // up, as sshd hangs up a session's terminal.
-                    drop(master);
-                    (output, status)
+                    on_terminal(s, id, master, exited, control, move || wait(pgid, what))
                 }
                 None => {
                     // Present: both were made pipes above.
@@ -187,7 +170,7 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
                         });
                     }
                     let output = collect(id, stdout, stderr, control);
-                    (output, wait(pgid, what, exited))
+                    (output, wait(pgid, what))
                 }
             }
         })
@@ -197,15 +180,41 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
     result(output, watch, status)
 }
 
-/// Waits for command `pid`; notes in `exited` that it ended.
-fn wait(
-    pid: u32,
-    what: &str,
-    exited: &AtomicBool,
-) -> Result<(Option<i32>, Option<i32>), WireError> {
-    let status = sys::wait(pid).map_err(|e| io_error(format_args!("waiting for {what}"), e));
-    exited.store(true, Ordering::SeqCst);
-    status
+/// Waits for command `pid`.
+fn wait(pid: u32, what: &str) -> Result<(Option<i32>, Option<i32>), WireError> {
+    sys::wait(pid).map_err(|e| io_error(format_args!("waiting for {what}"), e))
+}
+
+/// Reads a command's terminal through its `master` side while `wait`
+/// waits for the command's end, which (not the terminal's) ends the output
+/// (see `PtyOutput`); `exited` notes it. The master stays open until then:
+/// a command that closed its output but has not yet exited would be hung
+/// up (SIGHUP) by its terminal closing. Everything arrives as stdout.
+pub fn on_terminal<'scope, T: Send + 'scope>(
+    s: &'scope thread::Scope<'scope, '_>,
+    id: RequestId,
+    master: File,
+    exited: &'scope AtomicBool,
+    control: &Control,
+    wait: impl FnOnce() -> Result<T, WireError> + Send + 'scope,
+) -> (Output, Result<T, WireError>) {
+    let waiter = spawn_in(s, move || {
+        let status = wait();
+        exited.store(true, Ordering::SeqCst);
+        status
+    });
+    let stream = PtyOutput::new(&master, exited);
+    let output = (
+        pump(id, StreamKind::Stdout, stream, control),
+        Ok(Vec::new()),
+    );
+    let status = waiter
+        .join()
+        .unwrap_or_else(|_| Err(WireError::new(ErrorKind::Io, "waiting for the command")));
+    // Now what the command left in the background is hung up, as sshd
+    // hangs up a session's terminal.
+    drop(master);
+    (output, status)
 }
 
 /// Output of a finished command: (stdout, stderr) not yet streamed.

@@ -7,10 +7,10 @@
 //! 2. One zygote per Python path runs `python/runner.py`, reached over a
 //!    SOCK_SEQPACKET socket carrying JSON messages and descriptors. A bundle
 //!    is handed to a zygote (as its memfd) before its first use there.
-//! 3. To run a module the agent makes the task's stdin/stdout/stderr pipes,
-//!    passes their far ends with the request, and the zygote runs the
-//!    module on them in a child of its own (forked ahead of the task when it
-//!    can). The agent pumps the output exactly as for `Exec`, and the zygote
+//! 3. To run a module the agent makes the task's stdin/stdout/stderr pipes
+//!    (or one pseudo-terminal, see `RunModule::pty`), passes their far ends
+//!    with the request, and the zygote runs the module on them in a child of
+//!    its own (forked ahead of the task when it can). The agent pumps the output exactly as for `Exec`, and the zygote
 //!    reports the child's pid and, once the task has ended, its exit status.
 //! 4. At most [`MAX_INTERPRETERS`] zygotes live at once; a new one replaces
 //!    the least recently used idle one, waiting if all are busy. A zygote
@@ -25,8 +25,9 @@ use spindle_protocol::{
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, Stdio};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -367,11 +368,25 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
     let z = &zygote.0;
     z.ensure_code(&req.code.hash, &bundle)?;
 
-    let pipe = || sys::pipe().map_err(|e| io_error("creating pipes", e));
-    let (stdin_r, stdin_w) = pipe()?;
-    drop(stdin_w); // the module's stdin is at end of file, as when pipelined
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
+    // The module's standard streams: pipes, or one terminal (its master
+    // side read here); `ends` are what the task's child gets.
+    let (streams, ends) = if req.pty {
+        let (master, slave) =
+            sys::openpty().map_err(|e| io_error("opening a pseudo-terminal", e))?;
+        (Streams::Terminal(File::from(master)), vec![slave])
+    } else {
+        let pipe = || sys::pipe().map_err(|e| io_error("creating pipes", e));
+        let (stdin_r, stdin_w) = pipe()?;
+        drop(stdin_w); // the module's stdin is at end of file, as when pipelined
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        let streams = Streams::Pipes(File::from(stdout_r), File::from(stderr_r));
+        (streams, vec![stdin_r, stdout_w, stderr_w])
+    };
+    let fds: Vec<RawFd> = match &ends[..] {
+        [tty] => vec![tty.as_raw_fd(); 3],
+        _ => ends.iter().map(AsRawFd::as_raw_fd).collect(),
+    };
     let extensions: serde_json::Value = match &req.extensions {
         Some(text) => serde_json::from_str(text)
             .map_err(|e| WireError::new(ErrorKind::InvalidInput, format!("extensions: {e}")))?,
@@ -403,18 +418,12 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         "env": env,
         "unset": unset,
         "cwd": req.cwd,
+        "tty": req.pty,
     });
     let (tx, rx) = mpsc::sync_channel(2);
     lock(&z.waiters).insert(id, tx);
-    let sent = z.send(
-        &msg,
-        &[
-            stdin_r.as_raw_fd(),
-            stdout_w.as_raw_fd(),
-            stderr_w.as_raw_fd(),
-        ],
-    );
-    drop((stdin_r, stdout_w, stderr_w));
+    let sent = z.send(&msg, &fds);
+    drop(ends);
     if let Err(e) = sent {
         lock(&z.waiters).remove(&id);
         return Err(e);
@@ -433,10 +442,16 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
     let deadline = req
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let exited = &AtomicBool::new(false);
     let ((output, status), watch) = std::thread::scope(|s| {
-        exec::guarded(s, control, pid, deadline, || {
-            let output = exec::collect(id, File::from(stdout_r), File::from(stderr_r), control);
-            (output, wait_exit(&rx))
+        exec::guarded(s, control, pid, deadline, move || match streams {
+            Streams::Pipes(stdout, stderr) => {
+                let output = exec::collect(id, stdout, stderr, control);
+                (output, wait_exit(&rx))
+            }
+            Streams::Terminal(master) => {
+                exec::on_terminal(s, id, master, exited, control, move || wait_exit(&rx))
+            }
         })
     });
     exec::running().remove(&pid);
@@ -460,6 +475,13 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         (exit.code, exit.signal)
     });
     exec::result(output, watch, status)
+}
+
+/// Where a task's output is read: its stdout and stderr pipes, or the
+/// master side of its terminal.
+enum Streams {
+    Pipes(File, File),
+    Terminal(File),
 }
 
 fn wait_exit(rx: &Receiver<Event>) -> Result<Exit, WireError> {

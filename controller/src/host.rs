@@ -162,6 +162,9 @@ pub struct Module {
     pub rlimit_nofile: u64,
     /// Directory to run in; `None` leaves the agent's own.
     pub cwd: Option<String>,
+    /// On a terminal of its own (stdout and stderr merged), as a module
+    /// file run through `ssh -tt`.
+    pub pty: bool,
 }
 
 impl Module {
@@ -189,6 +192,7 @@ impl Module {
             extensions: None,
             rlimit_nofile: 0,
             cwd: None,
+            pty: false,
         }
     }
 }
@@ -458,6 +462,7 @@ impl Host {
             env: env.clone(),
             timeout_ms: None,
             cwd: module.cwd.clone(),
+            pty: module.pty,
         };
         match collect(&link, req(first)).await {
             // The agent lost it (or another caller's first send is still in

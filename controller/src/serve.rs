@@ -633,6 +633,7 @@ async fn handle(daemon: &Daemon, req: Value) -> Result<Value, Error> {
             module.extensions = m["extensions"].as_str().map(str::to_owned);
             module.rlimit_nofile = m["rlimit_nofile"].as_u64().unwrap_or(0);
             module.cwd = req["cwd"].as_str().map(str::to_owned);
+            module.pty = req["pty"].as_bool().unwrap_or(false);
             let env = string_map(&req["env"]);
             let out = host
                 .run_module_as(account, field(&req, "python")?, &module, env)

@@ -494,6 +494,11 @@ pub struct RunModule {
     /// Directory the module runs in; without it, the agent's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Run on a new pseudo-terminal, the module's controlling terminal:
+    /// stdout and stderr arrive merged as `stdout`, as with a module file
+    /// run through `ssh -tt`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pty: bool,
 }
 
 /// A module bundle by content hash. `zip` travels only when the controller

@@ -341,6 +341,7 @@ fn golden_encodings() {
             env: vec![("LANG".into(), "C".into())],
             timeout_ms: None,
             cwd: None,
+            pty: false,
         },
     );
     g.call(
@@ -361,6 +362,7 @@ fn golden_encodings() {
             env: vec![],
             timeout_ms: Some(5000),
             cwd: None,
+            pty: false,
         },
     );
     g.call(
@@ -381,6 +383,28 @@ fn golden_encodings() {
             env: vec![],
             timeout_ms: None,
             cwd: Some("/srv/site".into()),
+            pty: false,
+        },
+    );
+    g.call(
+        "call_run_module_on_a_terminal",
+        15,
+        RunModule {
+            python: "/usr/bin/python3".into(),
+            code: Code {
+                hash: "ef".repeat(32),
+                zip: None,
+            },
+            entry: ModuleEntry::Loader,
+            fqn: "ansible.modules.command".into(),
+            params: "{}".into(),
+            profile: None,
+            extensions: None,
+            rlimit_nofile: 0,
+            env: vec![("TERM".into(), "xterm".into())],
+            timeout_ms: None,
+            cwd: Some("/root".into()),
+            pty: true,
         },
     );
     // Largest id: pins the u64 width.

@@ -13,7 +13,8 @@
 #    bundle (`stale`).
 # 3. {"op": "run", "id": N, ...} + [stdin, stdout, stderr]: fork a child that
 #    runs the module as the stock AnsiballZ wrapper would, with its standard
-#    streams on the given pipes; reply {"op": "started", "id", "pid"}, and
+#    streams on the given pipes (or, with "tty", on one terminal that becomes
+#    its controlling terminal); reply {"op": "started", "id", "pid"}, and
 #    {"op": "exit", "id", "code", "signal", "wall_us", "cpu_us"} once it has
 #    ended (the time from handing it the task, and its CPU). A child that
 #    finishes its task closes its pipes and leaves its exit code in its
@@ -315,6 +316,12 @@ def run_child(req, path, fds):
         for i, fd in enumerate(fds):
             os.dup2(fd, i)
             os.close(fd)
+        tty = bool(req.get("tty"))
+        if tty:
+            # One terminal on all three (a module file run through
+            # `ssh -tt`): it becomes this session's controlling terminal.
+            import fcntl, termios
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         import io
         out = sys.__stdout__
         enc, errs = (out.encoding, out.errors) if out else ("utf-8", "strict")
@@ -323,11 +330,11 @@ def run_child(req, path, fds):
             raw = io.FileIO(fd, mode, closefd=False)
             buf = io.BufferedWriter(raw) if "w" in mode else io.BufferedReader(raw)
             return io.TextIOWrapper(buf, encoding=enc, errors=errors, line_buffering=lines)
-        # As a fresh interpreter on pipes sets them up (stderr is line
-        # buffered from Python 3.9 on).
+        # As a fresh interpreter sets them up: on pipes, stderr is line
+        # buffered from Python 3.9 on; on a terminal, both are.
         sys.stdin = sys.__stdin__ = stream(0, "r", errs)
-        sys.stdout = sys.__stdout__ = stream(1, "w", errs)
-        sys.stderr = sys.__stderr__ = stream(2, "w", err_errs, sys.version_info >= (3, 9))
+        sys.stdout = sys.__stdout__ = stream(1, "w", errs, tty)
+        sys.stderr = sys.__stderr__ = stream(2, "w", err_errs, tty or sys.version_info >= (3, 9))
         for name in req.get("unset") or ():
             os.environ.pop(name, None)
         os.environ.update(req.get("env") or {})
