@@ -99,6 +99,8 @@ class Connection(ConnectionBase):
     def __init__(self, play_context, *args, **kwargs):
         super().__init__(play_context, *args, **kwargs)
         self._client = None
+        # The last module put as a file: {remote path: content}.
+        self._module_files = {}
         self._stock = None
         self._stock_args = (play_context, args, kwargs)
 
@@ -386,25 +388,27 @@ class Connection(ConnectionBase):
             known = self._known_outcome(cmd)
             if known is not None:
                 return known
-        module = _pipelined_module(cmd, in_data) if in_data else None
+        module = _pipelined_module(cmd, in_data) if in_data else self._module_file_run(cmd)
         as_user = " AS %s (%s)" % (account["user"], account["method"]) if account else ""
+        # As the ssh plugin runs such a command (`ssh -tt`): on a terminal,
+        # its output merged as a terminal shows it, with the TERM ssh passes
+        # on. So are modules Ansible runs from a file.
+        tty = not in_data and sudoable and self._use_tty()
+        term = {"TERM": os.environ["TERM"]} if tty and os.environ.get("TERM") else {}
         if module is not None:
             python, env, parts = module
             display.vvv("SPINDLE: MODULE %s WITH %s%s" % (parts["fqn"], python, as_user), host=self._host())
             # The bundle travels once per run: after that its key names it.
             zip_b64 = parts.pop("zip_b64")
             parts["zip_key"] = hashlib.sha256(zip_b64.encode("ascii")).hexdigest()
-            request = {"op": "module", "python": python, "env": env, "module": parts}
+            request = {"op": "module", "python": python, "env": dict(term, **env), "module": parts}
             request["retire_users"] = _accounts_changed(parts)
         else:
             display.vvv("SPINDLE: EXEC %s%s" % (cmd, as_user), host=self._host())
             request = {"op": "exec", "cmd": cmd, "stdin": _client.b64(in_data) if in_data else None}
-            # As the ssh plugin runs such a command (`ssh -tt`): on a
-            # terminal, its output merged as a terminal shows it, with the
-            # TERM ssh passes on.
-            request["pty"] = not in_data and sudoable and self._use_tty()
-            if request["pty"] and os.environ.get("TERM"):
-                request["env"] = {"TERM": os.environ["TERM"]}
+            if term:
+                request["env"] = term
+        request["pty"] = tty
         request["become"] = account
         tries = self._tries()
         for attempt in range(tries):
@@ -426,6 +430,26 @@ class Connection(ConnectionBase):
             display.vv("ssh_retry: attempt: %d, ssh return code is 255. cmd (%s...), pausing for %d seconds" % (attempt + 1, cmd, pause), host=self._host())
             time.sleep(pause)
         return reply["rc"], stdout, stderr
+
+    def _module_file_run(self, cmd):
+        """As `_pipelined_module`, for a module Ansible put as a file and now
+        runs (`PYTHON .../AnsiballZ_NAME.py`), as it does where it cannot
+        pipeline (`su`, a become plugin without pipelining): the file's
+        content, kept by `put_file`, runs as a pipelined module would, in a
+        warm interpreter (on a terminal of its own where the ssh plugin
+        would run the file through `ssh -tt`). The file itself was put as
+        Ansible asked."""
+        command = _python_command(cmd)
+        if command is None or len(command[2]) != 1:
+            return None
+        python, env, (path,) = command
+        data = self._module_files.pop(path, None)
+        if data is None:
+            return None
+        try:
+            return python, env, _payload.split(data)
+        except _payload.NotAnsiballZ:
+            return None
 
     def _tries(self):
         """How often the ssh plugin would run a command that exits 255."""
@@ -449,6 +473,11 @@ class Connection(ConnectionBase):
         super().put_file(in_path, out_path)
         if not os.path.exists(in_path):
             raise AnsibleFileNotFound("file or module does not exist: %s" % in_path)
+        if _TASK_TMP in out_path and _MODULE_FILE.match(os.path.basename(out_path)):
+            # A module that runs from a file: `_module_file_run` runs its
+            # content when Ansible runs the file, and only then.
+            with open(in_path, "rb") as f:
+                self._module_files = {out_path: f.read()}
         if _TASK_TMP in out_path and os.path.getsize(in_path) <= _INLINE_PUT:
             # Into a task's temp dir, small: the bytes travel in the request,
             # which is sent without waiting (a failure fails the task's next
@@ -541,6 +570,8 @@ _PATH = r"/[A-Za-z0-9_.,:@%+=/-]*"
 _TASK_TMP = "/ansible-tmp-"
 # Largest file put_file sends inline, without waiting.
 _INLINE_PUT = 256 << 10
+# The name Ansible gives a module it puts as a file.
+_MODULE_FILE = re.compile(r"AnsiballZ_[A-Za-z0-9_.]+\.py$")
 # ansible-core up to 2.20 appends ` && sleep 0` to every command; 2.21 not.
 _SLEEP = r"(?: && sleep 0)?"
 _ECHO_HOME = re.compile(r"echo ~([A-Za-z0-9_.-]*)" + _SLEEP)
@@ -613,11 +644,11 @@ def _accounts_changed(parts):
     return [name] if isinstance(name, str) and name else []
 
 
-def _pipelined_module(cmd, in_data):
-    """(python, env, split payload) when `cmd` is Ansible's pipelined module
-    command (`/bin/sh -c '[VAR=value ...] PYTHON && sleep 0'`; ansible-core
-    2.21 leaves out ` && sleep 0`) and the data an AnsiballZ wrapper; None
-    otherwise (then it runs as a plain command)."""
+def _python_command(cmd):
+    """(python, env, args) when `cmd` is the command Ansible runs a module
+    with: `/bin/sh -c '[VAR=value ...] PYTHON [ARG ...] && sleep 0'`
+    (ansible-core 2.21 leaves out ` && sleep 0`), PYTHON an absolute path;
+    None otherwise."""
     try:
         outer = shlex.split(cmd)
         if len(outer) != 3 or outer[1] != "-c" or not outer[0].endswith("sh"):
@@ -627,17 +658,25 @@ def _pipelined_module(cmd, in_data):
         return None
     if words[-3:] == ["&&", "sleep", "0"]:
         words = words[:-3]
-    if not words or any(w in ("&&", "||", ";", "|") for w in words):
+    if any(w in ("&&", "||", ";", "|") for w in words):
         return None
-    *assignments, python = words
     env = {}
-    for a in assignments:
-        name, eq, value = a.partition("=")
-        if not eq or not name.isidentifier():
-            return None
+    while words and "=" in words[0] and words[0].partition("=")[0].isidentifier():
+        name, _, value = words.pop(0).partition("=")
         env[name] = value
-    if not python.startswith("/"):
+    if not words or not words[0].startswith("/"):
         return None
+    return words[0], env, words[1:]
+
+
+def _pipelined_module(cmd, in_data):
+    """(python, env, split payload) when `cmd` is Ansible's pipelined module
+    command (a `_python_command` without arguments) and the data an
+    AnsiballZ wrapper; None otherwise (then it runs as a plain command)."""
+    command = _python_command(cmd)
+    if command is None or command[2]:
+        return None
+    python, env, _ = command
     try:
         return python, env, _payload.split(in_data)
     except _payload.NotAnsiballZ:

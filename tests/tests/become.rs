@@ -35,49 +35,80 @@ fn alternating_become_logs_in_and_sudoes_once() -> Result<()> {
 /// The same with `become_method: su` (to root, with root's password): one
 /// su for the whole run under Spindle, one per become task in a stock run.
 /// su writes no log of its own here, so `become_exe` is a wrapper on the
-/// host that notes each run.
+/// host that notes each run; so is the Python interpreter, which notes its
+/// account. Ansible never pipelines su: it puts each module as a file and
+/// runs that with a new interpreter, where Spindle runs the file's content
+/// in a warm one.
 #[test]
 fn alternating_su_runs_su_once() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tb = Testbed::load()?;
     let th = tb.host("sp2")?;
     let _lock = th.lock()?;
-    let wrapper = "/usr/local/bin/spindle-test-su";
-    let runs = "/tmp/spindle-test-su.runs";
-    std::fs::write(
-        th.root_path(wrapper),
-        format!("#!/bin/sh\necho \"$$\" >> {runs}\nexec /bin/su \"$@\"\n"),
-    )?;
-    std::fs::set_permissions(th.root_path(wrapper), PermissionsExt::from_mode(0o755))?;
-    let count = || -> Result<usize> {
-        Ok(std::fs::read_to_string(th.root_path(runs))
+    let (su, su_runs) = (
+        "/usr/local/bin/spindle-test-su",
+        "/tmp/spindle-test-su.runs",
+    );
+    let (python, python_runs) = (
+        "/usr/local/bin/spindle-test-python",
+        "/tmp/spindle-test-python.runs",
+    );
+    for (wrapper, runs, script) in [
+        (
+            su,
+            su_runs,
+            format!("echo \"$$\" >> {su_runs}\nexec /bin/su \"$@\""),
+        ),
+        (
+            python,
+            python_runs,
+            format!("id -un >> {python_runs}\nexec /usr/bin/python3 \"$@\""),
+        ),
+    ] {
+        std::fs::write(th.root_path(wrapper), format!("#!/bin/sh\n{script}\n"))?;
+        std::fs::set_permissions(th.root_path(wrapper), PermissionsExt::from_mode(0o755))?;
+        std::fs::write(th.root_path(runs), "")?;
+        std::fs::set_permissions(th.root_path(runs), PermissionsExt::from_mode(0o666))?;
+    }
+    let lines = |runs: &str| -> Vec<String> {
+        std::fs::read_to_string(th.root_path(runs))
             .unwrap_or_default()
             .lines()
-            .count())
+            .map(str::to_owned)
+            .collect()
     };
-    std::fs::write(th.root_path(runs), "")?;
-    std::fs::set_permissions(th.root_path(runs), PermissionsExt::from_mode(0o666))?;
     let vars = [
         "ansible_become_method=su",
-        &format!("ansible_become_exe={wrapper}"),
+        &format!("ansible_become_exe={su}"),
         "ansible_become_password=root-pw",
+        &format!("ansible_python_interpreter={python}"),
     ];
     let logins = th.auth_count()?;
     let stock = play_vars(&tb, "become/alternating.yml", "ssh", &vars)?;
-    let (stock_su, middle) = (count()?, th.auth_count()?);
+    let (stock_su, stock_pythons, middle) = (
+        lines(su_runs).len(),
+        lines(python_runs).len(),
+        th.auth_count()?,
+    );
     let spindle = play_vars(&tb, "become/alternating.yml", "spindle", &vars)?;
-    let (spindle_su, after) = (count()? - stock_su, th.auth_count()?);
-    let _ = std::fs::remove_file(th.root_path(wrapper));
-    let _ = std::fs::remove_file(th.root_path(runs));
+    let spindle_su = lines(su_runs).len() - stock_su;
+    let spindle_root_pythons = lines(python_runs)[stock_pythons..]
+        .iter()
+        .filter(|u| *u == "root")
+        .count();
+    let after = th.auth_count()?;
+    for path in [su, su_runs, python, python_runs] {
+        let _ = std::fs::remove_file(th.root_path(path));
+    }
     assert_eq!(spindle, stock, "recaps differ");
     assert!(
-        stock_su >= 15 && middle > logins,
-        "stock ran su {stock_su} times"
+        stock_su >= 15 && stock_pythons >= 30 && middle > logins,
+        "stock ran su {stock_su} times, Python {stock_pythons} times"
     );
     assert_eq!(
-        (after - middle, spindle_su),
-        (1, 1),
-        "(SSH logins, su runs) under Spindle"
+        (after - middle, spindle_su, spindle_root_pythons),
+        (1, 1, 1),
+        "(SSH logins, su runs, Pythons started as root) under Spindle"
     );
     Ok(())
 }
