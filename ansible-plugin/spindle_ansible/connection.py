@@ -125,11 +125,22 @@ class Connection(ConnectionBase):
         return self._stock
 
     def get_option(self, option, hostvars=None):
-        # Modules always travel pipelined: that is what lets them run in one
-        # round trip from a cached bundle.
         if option == "pipelining":
-            return True
+            return self._pipelining()
         return super().get_option(option, hostvars)
+
+    def _pipelining(self):
+        """Modules travel pipelined, which lets them run in one round trip
+        from a cached bundle, unless the user turned pipelining off (a
+        setting or variable, not the default): then Ansible puts each module
+        as a file, as in a stock run, and `_module_file_run` still runs its
+        content in a warm interpreter."""
+        try:
+            value, origin = self.get_option_and_origin("pipelining")
+        except (AttributeError, KeyError, AnsibleError):
+            return True
+        return bool(value) or origin == "default"
+
 
     def _ssh_args(self):
         """The ssh arguments the ssh plugin's settings give, split."""

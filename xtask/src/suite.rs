@@ -69,14 +69,6 @@ const TARGETS: &[&str] = &[
     "become_unprivileged",
 ];
 
-/// Targets that inspect what Spindle does differently by design: run and
-/// reported, never counted as a regression.
-const BY_DESIGN: &[(&str, &str)] = &[(
-    "remote_tmp",
-    "with pipelining off, asserts the running module's AnsiballZ file lies in remote_tmp; \
-     Spindle always pipelines and writes no module file",
-)];
-
 /// Pieces of Spindle's fixed bootstrap command lines (spindle-bootstrap's
 /// shell and Python one-liners): an ssh command line holding one started
 /// an agent.
@@ -281,7 +273,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let regressions: Vec<String> = rows
         .iter()
-        .filter(|(t, r)| r[0].passed && !r[1].passed && by_design(t).is_none())
+        .filter(|(_, r)| r[0].passed && !r[1].passed)
         .map(|(t, r)| format!("{t} (log: {})", r[1].log.display()))
         .collect();
     if !regressions.is_empty() {
@@ -318,13 +310,6 @@ fn read_record(version: &str) -> Result<std::collections::HashMap<String, (bool,
         );
     }
     Ok(out)
-}
-
-fn by_design(target: &str) -> Option<&'static str> {
-    BY_DESIGN
-        .iter()
-        .find(|(t, _)| *t == target)
-        .map(|(_, why)| *why)
 }
 
 fn testbed_up(hosts: u8) -> Result<()> {
@@ -589,11 +574,6 @@ fn table(version: &str, python: &str, rows: &[(String, Vec<Outcome>)]) -> String
             r[1].logins,
             r[1].agents
         );
-    }
-    for (target, _) in rows {
-        if let Some(why) = by_design(target) {
-            let _ = writeln!(t, "\n{target}: differs by design: {why}.");
-        }
     }
     let unserved: Vec<&str> = rows
         .iter()
