@@ -9,7 +9,7 @@
 //! the temporary file.
 
 use crate::ctl::{self, Control, DataRx};
-use crate::{io_error, out, sys, UMASK};
+use crate::{io_error, out, python, sys, UMASK};
 use spindle_protocol::{
     ErrorKind, Fetch, FetchResult, FileKind, FileStat, FromAgent, MakeTempDir, Put, PutResult,
     RemoveTempDir, Removed, RequestId, Stat, StatResult, StreamKind, TempDir, Timestamp, WireError,
@@ -46,6 +46,24 @@ pub fn put(
     data: Option<DataRx>,
 ) -> Result<PutResult, WireError> {
     let inline = req.data.take();
+    // What the agent adds itself (see `Splice`), made before anything is
+    // written: a bundle it lacks fails the put at once.
+    let spliced = match req.splice.take() {
+        None => None,
+        Some(mut splice) => {
+            let len = inline.as_ref().map_or(0, |d| d.len() as u64);
+            if inline.is_none() || splice.at > len {
+                return Err(WireError::new(
+                    ErrorKind::InvalidInput,
+                    format!("{}: a splice needs inline data around it", req.path),
+                ));
+            }
+            let bundle = python::bundle(&mut splice.code)?;
+            let text = bundle_base64(&bundle)
+                .map_err(|e| io_error("reading a cached module bundle", e))?;
+            Some((splice.at as usize, text))
+        }
+    };
     let dest = PathBuf::from(&req.path);
     let name = dest.file_name().ok_or_else(|| {
         WireError::new(
@@ -74,9 +92,16 @@ pub fn put(
     let result = (|| {
         let written = match inline {
             Some(inline) => {
-                file.write_all(inline.as_ref())
-                    .map_err(|e| io_error(format_args!("writing {}", req.path), e))?;
-                inline.len() as u64
+                let inline = inline.as_ref();
+                let parts: [&[u8]; 3] = match &spliced {
+                    Some((at, text)) => [&inline[..*at], text, &inline[*at..]],
+                    None => [inline, &[], &[]],
+                };
+                for part in parts {
+                    file.write_all(part)
+                        .map_err(|e| io_error(format_args!("writing {}", req.path), e))?;
+                }
+                parts.iter().map(|p| p.len() as u64).sum()
             }
             None => receive(id, &req, &mut file, control, data)?,
         };
@@ -124,6 +149,39 @@ pub fn put(
         }
     }
     Ok(PutResult { size: written })
+}
+
+/// The base64 text of a cached module bundle, as a [`Splice`] inserts it.
+///
+/// [`Splice`]: spindle_protocol::Splice
+fn bundle_base64(bundle: &File) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut zip = vec![0; bundle.metadata()?.len() as usize];
+    // At an offset: the bundle's descriptor is shared.
+    bundle.read_exact_at(&mut zip, 0)?;
+    Ok(base64(&zip))
+}
+
+/// Standard base64 with padding, on one line.
+fn base64(data: &[u8]) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    out
 }
 
 /// Writes streamed upload frames to `file`, acknowledging each so the
@@ -383,5 +441,23 @@ pub fn remove_leftovers() {
     }
     for dir in temp_dirs().drain(..) {
         let _ = fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_the_standard_padded_encoding() {
+        for (data, text) in [
+            (&b""[..], &b""[..]),
+            (b"f", b"Zg=="),
+            (b"fo", b"Zm8="),
+            (b"foo", b"Zm9v"),
+            (b"foob", b"Zm9vYg=="),
+            (b"foobar", b"Zm9vYmFy"),
+            (b"\xff\xfe\x00", b"//4A"),
+        ] {
+            assert_eq!(super::base64(data), text);
+        }
     }
 }

@@ -20,7 +20,7 @@ use crate::ctl::Control;
 use crate::{exec, io_error, login_env, out, sys};
 use serde::Deserialize;
 use spindle_protocol::{
-    ErrorKind, ExecResult, LogLevel, ModuleEntry, RequestId, RunModule, WireError,
+    Code, ErrorKind, ExecResult, LogLevel, ModuleEntry, RequestId, RunModule, WireError,
 };
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -341,15 +341,17 @@ fn forward_stderr(python: &str, mut err: impl Read) {
 }
 
 /// Stores a bundle sent by the controller, or finds one sent earlier.
-fn code(req: &mut RunModule) -> Result<Arc<File>, WireError> {
+/// Bundle `code`: the one this agent keeps under its hash, or the one it
+/// carries (kept from now on).
+pub fn bundle(code: &mut Code) -> Result<Arc<File>, WireError> {
     let mut store = code_store();
-    if let Some(f) = store.get(&req.code.hash) {
+    if let Some(f) = store.get(&code.hash) {
         return Ok(f.clone());
     }
-    let zip = req.code.zip.take().ok_or_else(|| {
+    let zip = code.zip.take().ok_or_else(|| {
         WireError::new(
             ErrorKind::CodeMissing,
-            format!("module code {} is not cached", req.code.hash),
+            format!("module code {} is not cached", code.hash),
         )
     })?;
     let mut file =
@@ -357,13 +359,13 @@ fn code(req: &mut RunModule) -> Result<Arc<File>, WireError> {
     file.write_all(zip.as_ref())
         .map_err(|e| io_error("storing module code", e))?;
     let file = Arc::new(file);
-    store.insert(req.code.hash.clone(), file.clone());
+    store.insert(code.hash.clone(), file.clone());
     Ok(file)
 }
 
 pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecResult, WireError> {
     let t0 = Instant::now();
-    let bundle = code(&mut req)?;
+    let bundle = bundle(&mut req.code)?;
     let zygote = lease(&req.python)?;
     let z = &zygote.0;
     z.ensure_code(&req.code.hash, &bundle)?;

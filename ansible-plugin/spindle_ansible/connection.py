@@ -141,7 +141,6 @@ class Connection(ConnectionBase):
             return True
         return bool(value) or origin == "default"
 
-
     def _ssh_args(self):
         """The ssh arguments the ssh plugin's settings give, split."""
         args = []
@@ -454,13 +453,10 @@ class Connection(ConnectionBase):
         if command is None or len(command[2]) != 1:
             return None
         python, env, (path,) = command
-        data = self._module_files.pop(path, None)
-        if data is None:
+        parts = self._module_files.pop(path, None)
+        if parts is None:
             return None
-        try:
-            return python, env, _payload.split(data)
-        except _payload.NotAnsiballZ:
-            return None
+        return python, env, parts
 
     def _tries(self):
         """How often the ssh plugin would run a command that exits 255."""
@@ -488,7 +484,19 @@ class Connection(ConnectionBase):
             # A module that runs from a file: `_module_file_run` runs its
             # content when Ansible runs the file, and only then.
             with open(in_path, "rb") as f:
-                self._module_files = {out_path: f.read()}
+                data = f.read()
+            try:
+                parts = _payload.split(data)
+            except _payload.NotAnsiballZ:
+                parts = None
+            self._module_files = {out_path: parts}
+            splice = _splice(data, parts)
+            if splice is not None:
+                # Sent without waiting, as any small file into a task's temp
+                # dir; the agent makes the bundle's base64 itself.
+                display.vvv("SPINDLE: PUT %s TO %s (module file, not waiting)" % (in_path, out_path), host=self._host())
+                self._call({"op": "put", "dst": out_path, "data": _client.b64(data), "splice": splice, "defer": "put", "scratch": True})
+                return
         if _TASK_TMP in out_path and os.path.getsize(in_path) <= _INLINE_PUT:
             # Into a task's temp dir, small: the bytes travel in the request,
             # which is sent without waiting (a failure fails the task's next
@@ -653,6 +661,20 @@ def _accounts_changed(parts):
         return []
     name = args.get("name", args.get("user"))
     return [name] if isinstance(name, str) and name else []
+
+
+def _splice(data, parts):
+    """Where module file `data` carries its bundle's base64 (split into
+    `parts`): `{"at", "len", "zip_key"}` for the controller, which leaves
+    that text for the agent to make from the bundle it keeps; None if the
+    file does not carry it as one run of text."""
+    if parts is None:
+        return None
+    text = parts["zip_b64"].encode("ascii")
+    at = data.find(text)
+    if at < 0:
+        return None
+    return {"at": at, "len": len(text), "zip_key": hashlib.sha256(text).hexdigest()}
 
 
 def _python_command(cmd):

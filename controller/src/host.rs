@@ -12,8 +12,8 @@ use crate::link::{Link, Pending};
 use crate::transport::{Destination, Transport};
 use spindle_protocol::{
     Become, Code, Configure, ErrorKind, Exec, ExecResult, Fetch, FetchResult, LogLevel,
-    MakeTempDir, ModuleEntry, Ping, Put, PutResult, RemoveTempDir, RunModule, Stat, StatResult,
-    StreamKind, CHUNK, INLINE_MAX,
+    MakeTempDir, ModuleEntry, Ping, Put, PutResult, RemoveTempDir, RunModule, Splice, Stat,
+    StatResult, StreamKind, CHUNK, INLINE_MAX,
 };
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -512,6 +512,45 @@ impl Host {
         };
         let (_, r) = tokio::join!(read, put_chunks(&link, size, req, rx));
         r
+    }
+
+    /// Writes `data` with the base64 text of `bundle` (a module bundle:
+    /// the zip and its hash) inserted at byte `at`, as `account`: the text
+    /// is made by the agent, and the bundle travels only if this agent has
+    /// not been sent it yet (see [`Splice`]).
+    pub async fn put_spliced_as(
+        &self,
+        account: Option<&BecomeSpec>,
+        data: Vec<u8>,
+        at: u64,
+        bundle: (&[u8], &str),
+        mut req: Put,
+    ) -> Result<PutResult> {
+        let link = self.link_as(account).await?;
+        let (zip, hash) = bundle;
+        req.size = data.len() as u64 + Splice::text_len(zip.len() as u64);
+        req.data = Some(data.into());
+        let first = link.note_code(hash);
+        let with = |with_code: bool| {
+            let mut req = req.clone();
+            req.splice = Some(Splice {
+                at,
+                code: Code {
+                    hash: hash.to_owned(),
+                    zip: with_code.then(|| zip.to_vec().into()),
+                },
+            });
+            req
+        };
+        match link.call(with(first)).await {
+            // As for `run_module_as`: the agent lost it, send it along.
+            Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => {
+                link.forget_code(hash);
+                link.note_code(hash);
+                link.call(with(true)).await
+            }
+            other => other,
+        }
     }
 
     /// Uploads a local file; mode defaults to the local file's.

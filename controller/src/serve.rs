@@ -413,6 +413,47 @@ impl Daemon {
         }
         Ok(key.and_then(|key| bundles().get(key).cloned()))
     }
+
+    /// For the put of a module file (`splice`: `{"at", "len", "zip_key"}`,
+    /// `data[at..at + len]` being its bundle's base64): the data without
+    /// that text, `at` and the bundle, which is kept under `zip_key` as a
+    /// `module` request's is. `Err(data)` unless the text is exactly what
+    /// the agent would make of the bundle.
+    fn splice(&self, splice: &Value, data: Vec<u8>) -> Result<(Vec<u8>, u64, Bundle), Vec<u8>> {
+        let (Some(at), Some(len), Some(key)) = (
+            splice["at"].as_u64(),
+            splice["len"].as_u64(),
+            splice["zip_key"].as_str(),
+        ) else {
+            return Err(data);
+        };
+        let Some(end) = at.checked_add(len).filter(|&end| end <= data.len() as u64) else {
+            return Err(data);
+        };
+        let (at, end) = (at as usize, end as usize);
+        let bundles = || self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+        let known = bundles().get(key).cloned();
+        let bundle = match known {
+            Some(bundle) => bundle,
+            None => {
+                use sha2::Digest;
+                let Ok(zip) = base64::engine::general_purpose::STANDARD.decode(&data[at..end])
+                else {
+                    return Err(data);
+                };
+                let zip: Arc<[u8]> = zip.into();
+                let hash = hex::encode(sha2::Sha256::digest(&zip));
+                bundles().insert(key.to_owned(), (zip.clone(), hash.clone()));
+                (zip, hash)
+            }
+        };
+        if b64(&bundle.0).as_bytes() != &data[at..end] {
+            return Err(data);
+        }
+        let mut rest = data;
+        rest.drain(at..end);
+        Ok((rest, at as u64, bundle))
+    }
 }
 
 /// Waits for a connection's last deferred step; the failure it reports, if
@@ -649,8 +690,22 @@ async fn handle(daemon: &Daemon, req: Value) -> Result<Value, Error> {
                 // A small file the plugin read itself (so that it may be
                 // sent without waiting: the local file may be gone by then).
                 let data = unb64(&req["data"], "data")?;
-                host.put_as(account, &data[..], data.len() as u64, put)
-                    .await?;
+                // A module file: the agent makes its bundle's base64 (and
+                // usually holds the bundle already).
+                let data = match req["splice"].is_object() {
+                    true => daemon.splice(&req["splice"], data),
+                    false => Err(data),
+                };
+                match data {
+                    Ok((data, at, (zip, hash))) => {
+                        host.put_spliced_as(account, data, at, (&zip, &hash), put)
+                            .await?;
+                    }
+                    Err(data) => {
+                        host.put_as(account, &data[..], data.len() as u64, put)
+                            .await?;
+                    }
+                }
             } else {
                 host.put_path_as(account, &PathBuf::from(field(&req, "src")?), put)
                     .await?;

@@ -349,6 +349,27 @@ pub struct Put {
     /// not synced to disk, as Ansible's own transfers are not.
     #[serde(default, skip_serializing_if = "is_false")]
     pub scratch: bool,
+    /// Content the agent makes itself, inserted into `data` (which must be
+    /// inline); `size` counts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splice: Option<Splice>,
+}
+
+/// The base64 (standard alphabet, padded, one line) of module bundle
+/// `code`, inserted into a [`Put`]'s `data` at byte `at`. A module Ansible
+/// puts as a file (`AnsiballZ_*.py`) carries its bundle so, and the agent
+/// usually holds that bundle already: only the rest of the file travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Splice {
+    pub at: u64,
+    pub code: Code,
+}
+
+impl Splice {
+    /// Length of the base64 text of a bundle of `zip_len` bytes.
+    pub fn text_len(zip_len: u64) -> u64 {
+        zip_len.div_ceil(3) * 4
+    }
 }
 
 fn is_false(b: &bool) -> bool {

@@ -253,6 +253,25 @@ fn golden_encodings() {
             size: 6,
             data: Some(binary()),
             scratch: false,
+            splice: None,
+        },
+    );
+    g.call(
+        "call_put_module_file",
+        4,
+        Put {
+            path: "/home/u/.ansible/tmp/ansible-tmp-1-2-3/AnsiballZ_ping.py".into(),
+            size: 9,
+            data: Some(Blob(b"z='';".to_vec())),
+            scratch: true,
+            splice: Some(Splice {
+                at: 3,
+                code: Code {
+                    hash: "ab".repeat(32),
+                    zip: Some(Blob(b"PK\x05".to_vec())),
+                },
+            }),
+            ..Put::default()
         },
     );
     g.call(
@@ -279,6 +298,7 @@ fn golden_encodings() {
             size: 5 << 30,
             data: None,
             scratch: false,
+            splice: None,
         },
     );
     g.call(

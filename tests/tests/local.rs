@@ -307,6 +307,64 @@ async fn put_fetch_stat_tempdir() {
     assert!(host.stat(&dir, false).await.unwrap().stat.is_none());
 }
 
+/// A module file's put: the agent inserts its bundle's base64, carried the
+/// first time and taken from its cache after that; a splice outside the
+/// data is refused and leaves nothing.
+#[tokio::test]
+async fn spliced_put_inserts_the_bundle_base64() {
+    use base64::Engine;
+    use spindle_controller::protocol::{Code, Splice};
+    let host = local(None);
+    let dir = host.make_temp_dir(None).await.unwrap();
+    let (head, tail) = (&b"zip_data='"[..], &b"',\nmore\n"[..]);
+    let data = [head, tail].concat();
+    // Three lengths: every padding the encoding has.
+    for len in [3000usize, 3001, 3002] {
+        let zip: Vec<u8> = (0..len).map(|i| (i * 31 % 256) as u8).collect();
+        let hash = sha256(&zip);
+        let text = base64::engine::general_purpose::STANDARD.encode(&zip);
+        let want = [head, text.as_bytes(), tail].concat();
+        // The first put carries the bundle; the second finds it cached.
+        for round in 0..2 {
+            let path = format!("{dir}/AnsiballZ_{len}_{round}.py");
+            let r = host
+                .put_spliced_as(
+                    None,
+                    data.clone(),
+                    head.len() as u64,
+                    (&zip, &hash),
+                    Put::new(path.clone()),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.size, want.len() as u64);
+            let mut back = Vec::new();
+            host.fetch(&path, &mut back).await.unwrap();
+            assert_eq!(back, want, "length {len}, round {round}");
+        }
+    }
+    let link = host.link().await.unwrap();
+    let path = format!("{dir}/beyond");
+    let err = link
+        .call(Put {
+            size: 3,
+            data: Some(b"abc".to_vec().into()),
+            splice: Some(Splice {
+                at: 4,
+                code: Code {
+                    hash: "00".repeat(32),
+                    zip: Some(b"x".to_vec().into()),
+                },
+            }),
+            ..Put::new(path.clone())
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("splice"), "{err}");
+    assert!(host.stat(&path, false).await.unwrap().stat.is_none());
+    host.remove_temp_dir(&dir).await.unwrap();
+}
+
 #[tokio::test]
 async fn put_into_missing_directory_is_a_clear_error() {
     let host = local(None);
