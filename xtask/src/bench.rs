@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// `bench ansible`: only these playbooks (comma separated: hostname100,
-    /// loop200, files, become30, become30su, hostname100x10,
+    /// loop200, files, become30, become30su, become30doas, hostname100x10,
     /// localhost100); all of them otherwise.
     #[arg(long, value_delimiter = ',')]
     playbooks: Vec<String>,
@@ -819,6 +819,14 @@ fn write_playbooks(dir: &Path) -> Result<Vec<Playbook>> {
         dir.join("become30su.yml"),
         switching.replacen(head, su_head, 1),
     )?;
+    // And with doas (community.general's plugin), which lets the login
+    // account become root without a password on the testbed.
+    let doas_head = "- hosts: sp1\n  gather_facts: false\n  vars:\n    \
+                     ansible_become_method: community.general.doas\n  tasks:\n";
+    std::fs::write(
+        dir.join("become30doas.yml"),
+        switching.replacen(head, doas_head, 1),
+    )?;
     let one = || vec![HOST.to_owned()];
     let playbook = |name, file, hosts| Playbook { name, file, hosts };
     Ok(vec![
@@ -841,6 +849,11 @@ fn write_playbooks(dir: &Path) -> Result<Vec<Playbook>> {
         playbook(
             "30 x command: id -un, become (su, password) on and off",
             "become30su.yml",
+            one(),
+        ),
+        playbook(
+            "30 x command: id -un, become (doas) on and off",
+            "become30doas.yml",
             one(),
         ),
         playbook(

@@ -124,7 +124,8 @@ pub const ANSIBLE_BENCH: Ansible = Ansible {
     spec: "ansible-core>=2.19,<2.20",
     // matplotlib draws `bench ansible --chart`.
     extra: &["mitogen", "matplotlib"],
-    collections: false,
+    // community.general's doas, for the doas row.
+    collections: true,
 };
 
 /// The newest release; it needs Python 3.12 or later on the controller.
