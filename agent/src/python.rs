@@ -38,6 +38,11 @@ pub const MAX_INTERPRETERS: usize = 20;
 
 const RUNNER: &str = include_str!("python/runner.py");
 
+/// Largest module arguments sent inside the run message: a packet to the
+/// interpreter may not exceed the socket's send buffer (about 200 KiB by
+/// default).
+const PARAMS_INLINE_MAX: usize = 64 << 10;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -385,9 +390,21 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         let streams = Streams::Pipes(File::from(stdout_r), File::from(stderr_r));
         (streams, vec![stdin_r, stdout_w, stderr_w])
     };
-    let fds: Vec<RawFd> = match &ends[..] {
+    let mut fds: Vec<RawFd> = match &ends[..] {
         [tty] => vec![tty.as_raw_fd(); 3],
         _ => ends.iter().map(AsRawFd::as_raw_fd).collect(),
+    };
+    // Arguments too large for one packet to the interpreter travel in a
+    // memory file of their own, passed after the task's streams.
+    let params_file = if req.params.len() > PARAMS_INLINE_MAX {
+        let mut file =
+            sys::memfd(c"spindle-params").map_err(|e| io_error("creating a memory file", e))?;
+        file.write_all(req.params.as_bytes())
+            .map_err(|e| io_error("storing the module's arguments", e))?;
+        fds.push(file.as_raw_fd());
+        Some(file)
+    } else {
+        None
     };
     let extensions: serde_json::Value = match &req.extensions {
         Some(text) => serde_json::from_str(text)
@@ -413,7 +430,8 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         "hash": req.code.hash,
         "entry": match req.entry { ModuleEntry::Runpy => "runpy", ModuleEntry::Loader => "loader" },
         "fqn": req.fqn,
-        "params": req.params,
+        "params": if params_file.is_some() { "" } else { req.params.as_str() },
+        "params_fd": params_file.as_ref().map(|_| 3),
         "profile": req.profile,
         "extensions": extensions,
         "rlimit_nofile": req.rlimit_nofile,
@@ -425,7 +443,7 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
     let (tx, rx) = mpsc::sync_channel(2);
     lock(&z.waiters).insert(id, tx);
     let sent = z.send(&msg, &fds);
-    drop(ends);
+    drop((ends, params_file));
     if let Err(e) = sent {
         lock(&z.waiters).remove(&id);
         return Err(e);

@@ -11,12 +11,14 @@
 #    module_utils are imported here once per bundle, so forked children
 #    start warm; a child evicts any it finds in another version in its own
 #    bundle (`stale`).
-# 3. {"op": "run", "id": N, ...} + [stdin, stdout, stderr]: fork a child that
-#    runs the module as the stock AnsiballZ wrapper would, with its standard
-#    streams on the given pipes (or, with "tty", on one terminal that becomes
-#    its controlling terminal); reply {"op": "started", "id", "pid"}, and
-#    {"op": "exit", "id", "code", "signal", "wall_us", "cpu_us"} once it has
-#    ended (the time from handing it the task, and its CPU). A child that
+# 3. {"op": "run", "id": N, ...} + [stdin, stdout, stderr(, params)]: fork a
+#    child that runs the module as the stock AnsiballZ wrapper would, with
+#    its standard streams on the given pipes (or, with "tty", on one
+#    terminal that becomes its controlling terminal; arguments too large
+#    for the message come in a memory file, "params_fd"); reply
+#    {"op": "started", "id", "pid"}, and {"op": "exit", "id", "code",
+#    "signal", "wall_us", "cpu_us"} once it has ended (the time from
+#    handing it the task, and its CPU). A child that
 #    finishes its task closes its pipes and leaves its exit code in its
 #    "box" (a shared page block, no descriptor a module could see) just
 #    before it exits, and signals SIGUSR1 (`collect_done`); one that dies
@@ -791,6 +793,19 @@ def to_spare(req, path, fds):
     return None
 
 
+def read_file(fd):
+    # All of a file by its descriptor, whatever its offset.
+    size = os.fstat(fd).st_size
+    parts, got = [], 0
+    while got < size:
+        chunk = os.pread(fd, size - got, got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
 def handle(req, fds):
     global BOX, LEARNING
     op = req.get("op")
@@ -801,6 +816,14 @@ def handle(req, fds):
         changed()
         warm(path)
     elif op == "run":
+        if req.get("params_fd") is not None:
+            # Arguments too large for the message: in a memory file of
+            # their own, after the task's three streams.
+            fd = fds.pop(req["params_fd"])
+            try:
+                req["params"] = read_file(fd).decode("utf-8")
+            finally:
+                os.close(fd)
         path = codes.get(req["hash"], (None, None))[0]
         if path is None:
             for fd in fds:
