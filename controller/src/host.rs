@@ -464,7 +464,7 @@ impl Host {
             cwd: module.cwd.clone(),
             pty: module.pty,
         };
-        match collect(&link, req(first)).await {
+        let out = match collect(&link, req(first)).await {
             // The agent lost it (or another caller's first send is still in
             // flight and failed): send it along and try once more.
             Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => {
@@ -473,7 +473,11 @@ impl Host {
                 collect(&link, req(true)).await
             }
             other => other,
+        };
+        if out.is_ok() {
+            link.confirm_code(&module.hash);
         }
+        out
     }
 
     /// Writes `size` bytes from `src` to the target atomically (see
@@ -516,8 +520,10 @@ impl Host {
 
     /// Writes `data` with the base64 text of `bundle` (a module bundle:
     /// the zip and its hash) inserted at byte `at`, as `account`: the text
-    /// is made by the agent, and the bundle travels only if this agent has
-    /// not been sent it yet (see [`Splice`]).
+    /// is made by the agent, and the bundle travels unless this agent is
+    /// known to hold it (see [`Splice`]). One request, never retried: it
+    /// may be a step of a chain sent without waiting, whose next step
+    /// counts on this one's outcome.
     pub async fn put_spliced_as(
         &self,
         account: Option<&BecomeSpec>,
@@ -530,27 +536,19 @@ impl Host {
         let (zip, hash) = bundle;
         req.size = data.len() as u64 + Splice::text_len(zip.len() as u64);
         req.data = Some(data.into());
-        let first = link.note_code(hash);
-        let with = |with_code: bool| {
-            let mut req = req.clone();
-            req.splice = Some(Splice {
-                at,
-                code: Code {
-                    hash: hash.to_owned(),
-                    zip: with_code.then(|| zip.to_vec().into()),
-                },
-            });
-            req
-        };
-        match link.call(with(first)).await {
-            // As for `run_module_as`: the agent lost it, send it along.
-            Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => {
-                link.forget_code(hash);
-                link.note_code(hash);
-                link.call(with(true)).await
-            }
-            other => other,
+        link.note_code(hash);
+        req.splice = Some(Splice {
+            at,
+            code: Code {
+                hash: hash.to_owned(),
+                zip: (!link.holds_code(hash)).then(|| zip.to_vec().into()),
+            },
+        });
+        let put = link.call(req).await;
+        if put.is_ok() {
+            link.confirm_code(hash);
         }
+        put
     }
 
     /// Uploads a local file; mode defaults to the local file's.

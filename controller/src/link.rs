@@ -153,8 +153,9 @@ impl Shared {
 pub struct Link {
     shared: Arc<Shared>,
     hello: Hello,
-    /// Module bundles (by hash) this agent has been sent.
-    codes: Mutex<std::collections::HashSet<String>>,
+    /// Module bundles (by hash) this agent has been sent, and whether a
+    /// request that carried or used one has succeeded (so it holds it).
+    codes: Mutex<HashMap<String, bool>>,
     _child: Option<Child>,
     /// For a child agent: the link it travels on (kept alive with it) and
     /// the number the parent agent knows it by.
@@ -379,10 +380,32 @@ impl Link {
     /// Records that the agent is being sent bundle `hash`; false if it was
     /// sent before.
     pub fn note_code(&self, hash: &str) -> bool {
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        if codes.contains_key(hash) {
+            return false;
+        }
+        codes.insert(hash.to_owned(), false);
+        true
+    }
+
+    /// Records that the agent holds bundle `hash`: a request that carried
+    /// or used it succeeded.
+    pub fn confirm_code(&self, hash: &str) {
         self.codes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(hash.to_owned())
+            .insert(hash.to_owned(), true);
+    }
+
+    /// Whether the agent is known to hold bundle `hash` (see
+    /// [`Link::confirm_code`]); one merely being sent does not count.
+    pub fn holds_code(&self, hash: &str) -> bool {
+        self.codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Forgets bundle `hash` (the agent said it does not hold it).

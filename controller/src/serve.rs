@@ -418,7 +418,7 @@ impl Daemon {
     /// `data[at..at + len]` being its bundle's base64): the data without
     /// that text, `at` and the bundle, which is kept under `zip_key` as a
     /// `module` request's is. `Err(data)` unless the text is exactly what
-    /// the agent would make of the bundle.
+    /// the agent would make of the bundle and the put fits a frame.
     fn splice(&self, splice: &Value, data: Vec<u8>) -> Result<(Vec<u8>, u64, Bundle), Vec<u8>> {
         let (Some(at), Some(len), Some(key)) = (
             splice["at"].as_u64(),
@@ -447,7 +447,10 @@ impl Daemon {
                 (zip, hash)
             }
         };
-        if b64(&bundle.0).as_bytes() != &data[at..end] {
+        // It must be the exact text the agent will make, and the put (the
+        // rest of the file, and the bundle the first time) one frame.
+        let frame = data.len() - (end - at) + bundle.0.len();
+        if frame > spindle_protocol::MAX_FRAME / 2 || b64(&bundle.0).as_bytes() != &data[at..end] {
             return Err(data);
         }
         let mut rest = data;
