@@ -17,6 +17,7 @@ import shlex
 import time
 
 import ansible.plugins.connection
+from ansible import constants as C
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
@@ -129,15 +130,24 @@ class Connection(ConnectionBase):
             return self._pipelining()
         return super().get_option(option, hostvars)
 
+    def set_options(self, task_keys=None, var_options=None, direct=None):
+        super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        self._option_sources = (task_keys, var_options, direct)
+
     def _pipelining(self):
         """Modules travel pipelined, which lets them run in one round trip
         from a cached bundle, unless the user turned pipelining off (a
         setting or variable, not the default): then Ansible puts each module
         as a file, as in a stock run, and `_module_file_run` still runs its
-        content in a warm interpreter."""
+        content in a warm interpreter. The setting's origin is looked up
+        with the variables the options were set from (ansible-core 2.17
+        keeps no origins of its own)."""
+        keys, variables, direct = getattr(self, "_option_sources", (None, None, None))
         try:
-            value, origin = self.get_option_and_origin("pipelining")
-        except (AttributeError, KeyError, AnsibleError):
+            value, origin = C.config.get_config_value_and_origin(
+                "pipelining", plugin_type="connection", plugin_name=self._load_name, keys=keys, variables=variables, direct=direct
+            )
+        except AnsibleError:
             return True
         return bool(value) or origin == "default"
 

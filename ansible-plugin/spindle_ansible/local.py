@@ -121,11 +121,15 @@ class Connection(_connection.Connection):
     def put_file(self, in_path, out_path):
         # Relative paths are the command directory's, and the destination's
         # links are followed, as the local plugin's copy does.
+        asked = out_path
         in_path = unfrackpath(in_path, basedir=self.cwd)
         out_path = unfrackpath(out_path, basedir=self.cwd)
         if os.path.exists(in_path) and os.path.exists(out_path) and os.path.samefile(in_path, out_path):
             raise AnsibleError("failed to copy: %s and %s are the same" % (in_path, out_path))
         super().put_file(in_path, out_path)
+        # A module file is run by the path Ansible named, not the resolved one.
+        if out_path in self._module_files and asked != out_path:
+            self._module_files = {asked: self._module_files[out_path]}
 
     def fetch_file(self, in_path, out_path):
         in_path = unfrackpath(in_path, basedir=self.cwd)
