@@ -10,8 +10,9 @@
 //! 3. To run a module the agent makes the task's stdin/stdout/stderr pipes
 //!    (or one pseudo-terminal, see `RunModule::pty`), passes their far ends
 //!    with the request, and the zygote runs the module on them in a child of
-//!    its own (forked ahead of the task when it can). The agent pumps the output exactly as for `Exec`, and the zygote
-//!    reports the child's pid and, once the task has ended, its exit status.
+//!    its own (forked ahead of the task when it can). The agent pumps the
+//!    output exactly as for `Exec`, and the zygote reports the child's pid
+//!    and, once the task has ended, its exit status.
 //! 4. At most [`MAX_INTERPRETERS`] zygotes live at once; a new one replaces
 //!    the least recently used idle one, waiting if all are busy. A zygote
 //!    that dies is replaced on next use; tasks it was running fail.
@@ -345,7 +346,6 @@ fn forward_stderr(python: &str, mut err: impl Read) {
     }
 }
 
-/// Stores a bundle sent by the controller, or finds one sent earlier.
 /// Bundle `code`: the one this agent keeps under its hash, or the one it
 /// carries (kept from now on).
 pub fn bundle(code: &mut Code) -> Result<Arc<File>, WireError> {

@@ -695,9 +695,10 @@ async fn handle(daemon: &Daemon, req: Value) -> Result<Value, Error> {
                 let data = unb64(&req["data"], "data")?;
                 // A module file: the agent makes its bundle's base64 (and
                 // usually holds the bundle already).
-                let data = match req["splice"].is_object() {
-                    true => daemon.splice(&req["splice"], data),
-                    false => Err(data),
+                let data = if req["splice"].is_object() {
+                    daemon.splice(&req["splice"], data)
+                } else {
+                    Err(data)
                 };
                 match data {
                     Ok((data, at, (zip, hash))) => {
