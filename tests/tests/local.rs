@@ -108,10 +108,14 @@ async fn commands_start_as_execvp_starts_them() {
     );
 
     // Fields of /proc/self/stat after the command name: state ppid pgrp
-    // session; then the signal masks from /proc/self/status.
+    // session; then the signal masks from /proc/self/status, read by the
+    // shell itself (while it waits for a child of its own, such as grep,
+    // dash blocks every signal).
     let script = "read -r pid rest < /proc/self/stat; \
         set -- ${rest##*) }; echo \"$$ $3 $4\"; \
-        grep -E '^Sig(Blk|Ign)' /proc/$$/status";
+        while read -r key value; do case $key in \
+        SigBlk:|SigIgn:) printf '%s\\t%s\\n' \"$key\" \"$value\";; esac; \
+        done < /proc/$$/status";
     let out = host.exec(Exec::argv(["sh", "-c", script])).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
