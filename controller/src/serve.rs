@@ -403,15 +403,21 @@ impl Daemon {
         let key = m["zip_key"].as_str();
         let bundles = || self.bundles.lock().unwrap_or_else(|e| e.into_inner());
         if m["zip"].is_string() {
-            use sha2::Digest;
-            let zip: Arc<[u8]> = unb64(&m["zip"], "zip")?.into();
-            let hash = hex::encode(sha2::Sha256::digest(&zip));
-            if let Some(key) = key {
-                bundles().insert(key.to_owned(), (zip.clone(), hash.clone()));
-            }
-            return Ok(Some((zip, hash)));
+            return Ok(Some(self.keep_bundle(key, unb64(&m["zip"], "zip")?)));
         }
         Ok(key.and_then(|key| bundles().get(key).cloned()))
+    }
+
+    /// A bundle with its hash, kept under `key` when there is one.
+    fn keep_bundle(&self, key: Option<&str>, zip: Vec<u8>) -> Bundle {
+        use sha2::Digest;
+        let zip: Arc<[u8]> = zip.into();
+        let hash = hex::encode(sha2::Sha256::digest(&zip));
+        if let Some(key) = key {
+            let mut bundles = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+            bundles.insert(key.to_owned(), (zip.clone(), hash.clone()));
+        }
+        (zip, hash)
     }
 
     /// For the put of a module file (`splice`: `{"at", "len", "zip_key"}`,
@@ -431,21 +437,15 @@ impl Daemon {
             return Err(data);
         };
         let (at, end) = (at as usize, end as usize);
-        let bundles = || self.bundles.lock().unwrap_or_else(|e| e.into_inner());
-        let known = bundles().get(key).cloned();
+        let known = (self.bundles.lock().unwrap_or_else(|e| e.into_inner()))
+            .get(key)
+            .cloned();
         let bundle = match known {
             Some(bundle) => bundle,
-            None => {
-                use sha2::Digest;
-                let Ok(zip) = base64::engine::general_purpose::STANDARD.decode(&data[at..end])
-                else {
-                    return Err(data);
-                };
-                let zip: Arc<[u8]> = zip.into();
-                let hash = hex::encode(sha2::Sha256::digest(&zip));
-                bundles().insert(key.to_owned(), (zip.clone(), hash.clone()));
-                (zip, hash)
-            }
+            None => match base64::engine::general_purpose::STANDARD.decode(&data[at..end]) {
+                Ok(zip) => self.keep_bundle(Some(key), zip),
+                Err(_) => return Err(data),
+            },
         };
         // It must be the exact text the agent will make, and the put (the
         // rest of the file, and the bundle the first time) one frame.
