@@ -420,7 +420,7 @@ class Connection(ConnectionBase):
             display.vvv("SPINDLE: MODULE %s WITH %s%s" % (parts["fqn"], python, as_user), host=self._host())
             # The bundle travels once per run: after that its key names it.
             zip_b64 = parts.pop("zip_b64")
-            parts["zip_key"] = hashlib.sha256(zip_b64.encode("ascii")).hexdigest()
+            parts["zip_key"] = hashlib.sha256(zip_b64).hexdigest()
             request = {"op": "module", "python": python, "env": dict(term, **env), "module": parts}
             request["retire_users"] = _accounts_changed(parts)
         else:
@@ -434,7 +434,7 @@ class Connection(ConnectionBase):
         for attempt in range(tries):
             reply = self._call(request)
             if reply.get("need_zip"):
-                request["module"]["zip"] = zip_b64
+                request["module"]["zip"] = zip_b64.decode("ascii")
                 reply = self._call(request)
             stdout, stderr = _client.unb64(reply["stdout"]), _client.unb64(reply["stderr"])
             if request.get("pty"):
@@ -680,7 +680,7 @@ def _splice(data, parts):
     file does not carry it as one run of text."""
     if parts is None:
         return None
-    text = parts["zip_b64"].encode("ascii")
+    text = parts["zip_b64"]
     at = data.find(text)
     if at < 0:
         return None

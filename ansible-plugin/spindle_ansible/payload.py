@@ -27,15 +27,13 @@ class NotAnsiballZ(ValueError):
 
 
 _CALL = b"\n    _ansiballz_main(\n"
-_KWARG = re.compile(r"^\s*(\w+)=(.*),\s*$")
-# A string literal of base64 only: its text is its value (no need to parse
-# a few hundred KB of Python).
-_PLAIN_B64 = re.compile(r"'([A-Za-z0-9+/=]*)'")
+_NAME = re.compile(rb"\s*(\w+)")
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
 def split(payload):
-    """Returns a dict: ``zip_b64`` (the zip in base64, as the wrapper
-    carries it), ``entry`` (``runpy`` or
+    """Returns a dict: ``zip_b64`` (bytes: the zip in base64, as the
+    wrapper carries it), ``entry`` (``runpy`` or
     ``loader``), ``fqn``, ``params`` (JSON text), ``profile``,
     ``extensions`` (JSON text or None), ``rlimit_nofile`` and
     ``module_name``."""
@@ -47,25 +45,40 @@ def split(payload):
 
 
 def _split_loader(payload):
-    tail = payload[payload.rindex(_CALL) + len(_CALL):].decode("utf-8")
+    # One keyword argument per line.
+    at = payload.rindex(_CALL) + len(_CALL)
     kw = {}
-    for line in tail.splitlines():
-        if line.strip() == ")":
+    while True:
+        end = payload.find(b"\n", at)
+        if end < 0:
+            end = len(payload)
+        zip_b64 = _plain_b64(payload, at, end)
+        if zip_b64 is not None:
+            kw["zip_data"] = zip_b64
+            at = end + 1
+            continue
+        line = payload[at:end]
+        if line.strip() == b")":
             break
-        m = _KWARG.match(line)
-        if not m:
+        if end == len(payload):
+            raise NotAnsiballZ("the wrapper call is not closed")
+        at = end + 1
+        name, _, value = line.partition(b"=")
+        value = value.rstrip()
+        named = _NAME.fullmatch(name)
+        if not named or not value.endswith(b","):
             raise NotAnsiballZ("unexpected line in the wrapper call: %r" % line[:80])
-        name, value = m.groups()
+        name = named.group(1).decode("ascii")
         if name == "date_time":
             continue  # only stamps a file the stock wrapper adds to the zip
-        plain = _PLAIN_B64.fullmatch(value) if name == "zip_data" else None
-        kw[name] = plain.group(1) if plain else ast.literal_eval(value)
+        kw[name] = ast.literal_eval(value[:-1].decode("utf-8"))
     missing = {"zip_data", "module_fqn", "params", "profile"} - set(kw)
     if missing:
         raise NotAnsiballZ("wrapper call lacks %s" % ", ".join(sorted(missing)))
     extensions = kw.get("extensions") or {}
+    zip_b64 = kw["zip_data"]  # bytes when read as plain base64
     return {
-        "zip_b64": _b64_text(kw["zip_data"]),
+        "zip_b64": zip_b64 if isinstance(zip_b64, bytes) else _b64_text(zip_b64),
         "entry": "loader",
         "fqn": kw["module_fqn"],
         "params": kw["params"],
@@ -76,11 +89,27 @@ def _split_loader(payload):
     }
 
 
+def _plain_b64(payload, start, end):
+    """The base64 of `payload[start:end]` when that line is `zip_data='…',`
+    with base64 only between the quotes, whose text is then its value;
+    None otherwise. The line is nearly all of the payload: it is neither
+    parsed nor decoded, and copied once."""
+    while payload[start : start + 1] in (b" ", b"\t"):
+        start += 1
+    if not payload.startswith(b"zip_data='", start):
+        return None
+    close = payload.rfind(b"',", start, end)
+    if close < 0 or payload[close + 2 : end].strip():
+        return None
+    text = payload[start + len(b"zip_data='") : close]
+    return None if text.translate(None, _BASE64) else text
+
+
 def _b64_text(value):
-    """The zip's base64 as one ASCII string (decoded by the controller)."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii")
-    return "".join(value.split())
+    """The zip's base64 as one run of ASCII bytes."""
+    if isinstance(value, str):
+        value = value.encode("ascii")
+    return b"".join(value.split())
 
 
 def _line_value(payload, pattern):
@@ -97,7 +126,7 @@ def _split_runpy(payload):
     name = re.search(rb"prefix='ansible_' \+ ('[^']*')", payload)
     limit = re.search(rb"min\(existing_hard, (\d+)\)", payload)
     return {
-        "zip_b64": _b64_text(zip_data.decode("ascii")),
+        "zip_b64": _b64_text(zip_data),
         "entry": "runpy",
         "fqn": fqn,
         "params": params,
@@ -117,6 +146,8 @@ def main(argv):
     if "--zip" in argv:
         with open(argv[argv.index("--zip") + 1], "wb") as f:
             f.write(base64.b64decode(parts.pop("zip_b64")))
+    if "zip_b64" in parts:
+        parts["zip_b64"] = parts["zip_b64"].decode("ascii")
     json.dump(parts, sys.stdout)
     return 0
 
