@@ -632,8 +632,6 @@ def task_ended(pid, code, signum, cpu):
     entry.append(True)
     if box is not None:
         box.close()
-    if tmp:
-        shutil.rmtree(tmp, ignore_errors=True)
     send({
         "op": "exit",
         "id": rid,
@@ -642,6 +640,12 @@ def task_ended(pid, code, signum, cpu):
         "wall_us": int((clock() - started) * 1e6),
         "cpu_us": int(cpu * 1e6),
     })
+    # The directory is the task's alone: it goes once the task is reported.
+    if tmp:
+        try:
+            os.rmdir(tmp)  # most modules leave it empty
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
     return True
 
 
