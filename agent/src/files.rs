@@ -196,6 +196,7 @@ fn receive(
     let data =
         data.ok_or_else(|| WireError::new(ErrorKind::Protocol, "upload without a data channel"))?;
     let mut written = 0u64;
+    let mut flushed = 0u64;
     let mut unacked = 0;
     loop {
         if control.is_cancelled() {
@@ -207,6 +208,12 @@ fn receive(
         file.write_all(frame.data.as_ref())
             .map_err(|e| io_error(format_args!("writing {}", req.path), e))?;
         written += frame.data.len() as u64;
+        // A file that will be synced goes to disk while the rest arrives,
+        // not all at once in the final fsync.
+        if !req.scratch && written - flushed >= WRITEBACK_EVERY {
+            sys::start_writeback(file, flushed, written - flushed);
+            flushed = written;
+        }
         if written > req.size {
             return Err(WireError::new(
                 ErrorKind::InvalidInput,
@@ -230,6 +237,9 @@ fn receive(
         }
     }
 }
+
+/// How much of a durable upload is written before its writeback starts.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Upload frames acknowledged at once (see the controller's stream acks).
 const ACK_EVERY: u32 = spindle_protocol::WINDOW / 4;

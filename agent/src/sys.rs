@@ -172,6 +172,25 @@ pub fn umask() -> u32 {
     }
 }
 
+/// Starts writing `len` bytes of `file` from `offset` to its disk without
+/// waiting for them, so that a later `fsync` finds little left to write.
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` does that (and lets the kernel drop
+/// those pages once they are on disk); unlike `sync_file_range`, overlayfs
+/// passes it on to the file beneath. Best effort: without it, `fsync` does
+/// all the work.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers; the fd is open.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
 /// Sets access and modification times on an open file.
 pub fn futimens(
     file: &File,
