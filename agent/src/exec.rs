@@ -150,13 +150,10 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
             let what = &what;
             match pty_master {
                 Some(master) => {
-                    if let (Ok(mut dst), Some(bytes)) = (master.try_clone(), stdin_bytes.as_deref())
-                    {
-                        spawn_in(s, move || {
-                            let _ = dst.write_all(bytes);
-                        });
-                    }
-                    on_terminal(s, id, master, exited, control, move || wait(pgid, what))
+                    let input = stdin_bytes.as_deref().unwrap_or_default();
+                    on_terminal(s, id, master, input, exited, control, move || {
+                        wait(pgid, what)
+                    })
                 }
                 None => {
                     // Present: both were made pipes above.
@@ -190,10 +187,13 @@ fn wait(pid: u32, what: &str) -> Result<(Option<i32>, Option<i32>), WireError> {
 /// (see `PtyOutput`); `exited` notes it. The master stays open until then:
 /// a command that closed its output but has not yet exited would be hung
 /// up (SIGHUP) by its terminal closing. Everything arrives as stdout.
+/// `input` is typed into the terminal meanwhile, as far as the command
+/// takes it before it ends.
 pub fn on_terminal<'scope, T: Send + 'scope>(
     s: &'scope thread::Scope<'scope, '_>,
     id: RequestId,
     master: File,
+    input: &[u8],
     exited: &'scope AtomicBool,
     control: &Control,
     wait: impl FnOnce() -> Result<T, WireError> + Send + 'scope,
@@ -203,7 +203,11 @@ pub fn on_terminal<'scope, T: Send + 'scope>(
         exited.store(true, Ordering::SeqCst);
         status
     });
-    let stream = PtyOutput::new(&master, exited);
+    // Written between reads, never waiting: a command that stops reading
+    // (and whatever it left on the terminal) cannot hold the reply.
+    let feedable = !input.is_empty() && sys::set_nonblocking(&master).is_ok();
+    let input = if feedable { input } else { &[] };
+    let stream = PtyOutput::new(&master, input, exited);
     let output = (
         pump(id, StreamKind::Stdout, stream, control),
         Ok(Vec::new()),
@@ -439,19 +443,39 @@ const PTY_QUIET: Duration = Duration::from_millis(20);
 /// when the master closes.
 struct PtyOutput<'a> {
     master: &'a File,
+    /// What is still to be typed into the terminal (the master is
+    /// non-blocking then).
+    input: &'a [u8],
     exited: &'a AtomicBool,
     /// Time spent waiting for output since the command ended.
     lingered: Duration,
 }
 
 impl<'a> PtyOutput<'a> {
-    fn new(master: &'a File, exited: &'a AtomicBool) -> Self {
+    fn new(master: &'a File, input: &'a [u8], exited: &'a AtomicBool) -> Self {
         PtyOutput {
             master,
+            input,
             exited,
             lingered: Duration::ZERO,
         }
     }
+
+    /// Types what the terminal has room for; once it is gone, nothing more.
+    fn feed(&mut self) {
+        let chunk = &self.input[..self.input.len().min(CHUNK)];
+        match (&mut &*self.master).write(chunk) {
+            Ok(n) => self.input = &self.input[n..],
+            Err(e) if is_transient(&e) => {}
+            Err(_) => self.input = &[],
+        }
+    }
+}
+
+/// An error a non-blocking descriptor gives when it must be tried again.
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{Interrupted, WouldBlock};
+    matches!(e.kind(), WouldBlock | Interrupted)
 }
 
 impl Read for PtyOutput<'_> {
@@ -469,12 +493,17 @@ impl Read for PtyOutput<'_> {
             } else {
                 Duration::from_millis(50)
             };
+            // Input is for the command: none once it has ended.
+            let feeding = !ended && !self.input.is_empty();
             let started = Instant::now();
-            let ready = sys::poll_readable(&[self.master.as_raw_fd()], wait)?;
+            let (readable, writable) = sys::poll_terminal(self.master.as_raw_fd(), feeding, wait)?;
             if ended {
                 self.lingered += started.elapsed();
             }
-            if ready.is_empty() {
+            if feeding && writable {
+                self.feed();
+            }
+            if !readable {
                 if ended {
                     return Ok(0);
                 }
@@ -483,6 +512,7 @@ impl Read for PtyOutput<'_> {
             return match self.master.read(buf) {
                 // Every slave closed.
                 Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+                Err(e) if is_transient(&e) => continue,
                 other => other,
             };
         }

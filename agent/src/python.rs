@@ -470,7 +470,7 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
                 (output, wait_exit(&rx))
             }
             Streams::Terminal(master) => {
-                exec::on_terminal(s, id, master, exited, control, move || wait_exit(&rx))
+                exec::on_terminal(s, id, master, &[], exited, control, move || wait_exit(&rx))
             }
         })
     });

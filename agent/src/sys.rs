@@ -385,6 +385,51 @@ pub fn poll_readable(fds: &[i32], timeout: std::time::Duration) -> io::Result<Ve
         .collect())
 }
 
+/// Waits up to `timeout` for terminal master `fd` to have something to
+/// read (or be hung up), or, with `write`, room to write: (readable,
+/// writable). An interrupted wait reports neither.
+pub fn poll_terminal(
+    fd: i32,
+    write: bool,
+    timeout: std::time::Duration,
+) -> io::Result<(bool, bool)> {
+    let events = if write {
+        libc::POLLIN | libc::POLLOUT
+    } else {
+        libc::POLLIN
+    };
+    let mut poll = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd that outlives the call.
+    if unsafe { libc::poll(&mut poll, 1, ms) } < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok((false, false))
+        } else {
+            Err(e)
+        };
+    }
+    let writable = poll.revents & libc::POLLOUT != 0;
+    Ok((poll.revents & !libc::POLLOUT != 0, writable))
+}
+
+/// Makes reads and writes on `file` (its open file description, shared by
+/// its duplicates) return `WouldBlock` instead of waiting.
+pub fn set_nonblocking(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: plain fcntl calls on an open fd.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Whether `dir` carries a default ACL (which, not the umask, then decides
 /// the mode of what is made in it). Unknown counts as yes.
 pub fn has_default_acl(dir: &std::path::Path) -> bool {

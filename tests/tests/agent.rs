@@ -264,3 +264,67 @@ fn aarch64_agent_runs_under_qemu() {
     drop(child.stdin.take());
     assert_eq!(wait_exit(&mut child).code(), Some(0));
 }
+
+/// A command on a terminal that exits without reading the stdin it was
+/// given, leaving a background process that ignores the hangup and holds
+/// the terminal open: the reply comes once the command has ended (the
+/// stdin not yet written is dropped).
+#[test]
+fn terminal_stdin_never_read_does_not_hold_the_reply() {
+    let mut child = spawn("x86_64");
+    hello(&mut child);
+    let dir = std::env::temp_dir().join(format!("spindle-ptyin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("pid");
+    let script = format!(
+        "(trap '' HUP; exec sleep 3600) & echo $! > {}; echo started",
+        pid_file.display()
+    );
+    let req = Request::Exec(Exec {
+        pty: true,
+        stdin: Some(b"a line nobody reads\n".repeat(1 << 16).into()),
+        ..Exec::shell(&script)
+    });
+    send(
+        &mut child,
+        &ToAgent::Call {
+            id: 1,
+            req,
+            after: None,
+        },
+    );
+    // A hang shows as no reply at all: wait for it on another thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = child.stdout.take().unwrap();
+    std::thread::spawn(move || loop {
+        match read_frame(&mut reader) {
+            Some(FromAgent::Reply { id: 1, result }) => {
+                let _ = tx.send(result);
+                return;
+            }
+            Some(_) => continue,
+            None => return,
+        }
+    });
+    let result = rx.recv_timeout(Duration::from_secs(60));
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = Cmd::new("kill").args(["-KILL", pid.trim()]).status();
+    }
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let reply = result.expect("no reply to a terminal command whose stdin was not read");
+    match reply {
+        Ok(Reply::Exec(r)) => {
+            assert_eq!(r.code, Some(0), "{r:?}");
+            assert!(
+                String::from_utf8_lossy(r.stdout.as_ref()).contains("started"),
+                "{r:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    drop(child.stdin.take());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+}
