@@ -89,10 +89,13 @@ class Connection(_connection.Connection):
         except AnsibleError as e:
             if not self._sudo_may_know_the_terminal(e):
                 raise
-        # sudo wants a password and none was given. The local plugin runs
-        # sudo on the run's terminal, where an earlier `sudo -v` may have
-        # left a ticket that Spindle's agent (on no terminal) cannot use:
-        # Ansible's own local connection runs this command.
+        # sudo wants a password and none was given. Before ansible-core
+        # 2.19 the local plugin runs sudo on the run's terminal (workers
+        # stay in the run's session), where an earlier `sudo -v` may have
+        # left a ticket that Spindle's agent (on no terminal) cannot use.
+        # Ansible's own local connection runs this command: it succeeds
+        # where a stock run would, and fails as one would (2.19 on detach
+        # their workers from the terminal).
         display.vvv("SPINDLE: sudo wants a password: Ansible's local connection runs the command", host=self._host())
         return self._stock_connection().exec_command(cmd, in_data=in_data, sudoable=sudoable)
 
