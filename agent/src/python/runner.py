@@ -632,6 +632,13 @@ def task_ended(pid, code, signum, cpu):
     entry.append(True)
     if box is not None:
         box.close()
+    # Gone before the task is reported, as a stock module's own directory
+    # is: the next task, in any process, must not find it.
+    if tmp:
+        try:
+            os.rmdir(tmp)  # most modules leave it empty
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
     send({
         "op": "exit",
         "id": rid,
@@ -640,12 +647,6 @@ def task_ended(pid, code, signum, cpu):
         "wall_us": int((clock() - started) * 1e6),
         "cpu_us": int(cpu * 1e6),
     })
-    # The directory is the task's alone: it goes once the task is reported.
-    if tmp:
-        try:
-            os.rmdir(tmp)  # most modules leave it empty
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
     return True
 
 
