@@ -48,13 +48,14 @@ def _split_loader(payload):
     # One keyword argument per line.
     at = payload.rindex(_CALL) + len(_CALL)
     kw = {}
+    plain = None  # the zip's base64, when read as is
     while True:
         end = payload.find(b"\n", at)
         if end < 0:
             end = len(payload)
-        zip_b64 = _plain_b64(payload, at, end)
-        if zip_b64 is not None:
-            kw["zip_data"] = zip_b64
+        text = _plain_b64(payload, at, end)
+        if text is not None:
+            plain, kw["zip_data"] = text, None
             at = end + 1
             continue
         line = payload[at:end]
@@ -71,14 +72,15 @@ def _split_loader(payload):
         name = named.group(1).decode("ascii")
         if name == "date_time":
             continue  # only stamps a file the stock wrapper adds to the zip
-        kw[name] = ast.literal_eval(value[:-1].decode("utf-8"))
+        if name == "zip_data":
+            plain = None
+        kw[name] = _literal(value[:-1])
     missing = {"zip_data", "module_fqn", "params", "profile"} - set(kw)
     if missing:
         raise NotAnsiballZ("wrapper call lacks %s" % ", ".join(sorted(missing)))
     extensions = kw.get("extensions") or {}
-    zip_b64 = kw["zip_data"]  # bytes when read as plain base64
     return {
-        "zip_b64": zip_b64 if isinstance(zip_b64, bytes) else _b64_text(zip_b64),
+        "zip_b64": plain if plain is not None else _b64_text(kw["zip_data"]),
         "entry": "loader",
         "fqn": kw["module_fqn"],
         "params": kw["params"],
@@ -98,18 +100,33 @@ def _plain_b64(payload, start, end):
         start += 1
     if not payload.startswith(b"zip_data='", start):
         return None
-    close = payload.rfind(b"',", start, end)
+    close = payload.rfind(b"',", start + len(b"zip_data='"), end)
     if close < 0 or payload[close + 2 : end].strip():
         return None
     text = payload[start + len(b"zip_data='") : close]
     return None if text.translate(None, _BASE64) else text
 
 
+def _literal(text):
+    """The value of a Python literal (bytes of UTF-8 source)."""
+    try:
+        return ast.literal_eval(text.decode("utf-8"))
+    except (ValueError, SyntaxError, UnicodeDecodeError) as e:
+        raise NotAnsiballZ("unexpected value in the wrapper call: %r" % text[:80]) from e
+
+
 def _b64_text(value):
     """The zip's base64 as one run of ASCII bytes."""
-    if isinstance(value, str):
-        value = value.encode("ascii")
-    return b"".join(value.split())
+    try:
+        if isinstance(value, str):
+            value = value.encode("ascii")
+        if not isinstance(value, bytes):
+            raise TypeError(type(value).__name__)
+        text = b"".join(value.split())
+        text.decode("ascii")
+    except (TypeError, UnicodeError) as e:
+        raise NotAnsiballZ("the zip is not base64 text: %s" % e) from e
+    return text
 
 
 def _line_value(payload, pattern):
@@ -121,7 +138,7 @@ def _line_value(payload, pattern):
 
 def _split_runpy(payload):
     zip_data = _line_value(payload, rb"^\s*ZIPDATA = '([A-Za-z0-9+/=\s]*)'$")
-    params = ast.literal_eval(_line_value(payload, rb"^\s*ANSIBALLZ_PARAMS = (.*)$").decode("utf-8"))
+    params = _literal(_line_value(payload, rb"^\s*ANSIBALLZ_PARAMS = (.*)$"))
     fqn = _line_value(payload, rb"runpy\.run_module\(mod_name='([^']+)'").decode()
     name = re.search(rb"prefix='ansible_' \+ ('[^']*')", payload)
     limit = re.search(rb"min\(existing_hard, (\d+)\)", payload)
@@ -133,7 +150,7 @@ def _split_runpy(payload):
         "profile": None,
         "extensions": None,
         "rlimit_nofile": int(limit.group(1)) if limit else 0,
-        "module_name": ast.literal_eval(name.group(1).decode()) if name else None,
+        "module_name": _literal(name.group(1)) if name else None,
     }
 
 
