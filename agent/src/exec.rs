@@ -110,7 +110,12 @@ pub fn run(id: RequestId, req: Exec, control: &Control) -> Result<ExecResult, Wi
     let pgid = if req.pty {
         let (master, slave) =
             sys::openpty().map_err(|e| io_error("opening a pseudo-terminal", e))?;
-        pty_master = Some(File::from(master));
+        let master = File::from(master);
+        if stdin_bytes.is_some() {
+            // Input is typed in between reads, never waiting (`PtyOutput`).
+            sys::set_nonblocking(&master).map_err(|e| io_error("opening a pseudo-terminal", e))?;
+        }
+        pty_master = Some(master);
         let s = slave.as_raw_fd();
         sys::spawn(&prepared, [s, s, s], true)
     } else {
@@ -187,8 +192,10 @@ fn wait(pid: u32, what: &str) -> Result<(Option<i32>, Option<i32>), WireError> {
 /// (see `PtyOutput`); `exited` notes it. The master stays open until then:
 /// a command that closed its output but has not yet exited would be hung
 /// up (SIGHUP) by its terminal closing. Everything arrives as stdout.
-/// `input` is typed into the terminal meanwhile, as far as the command
-/// takes it before it ends.
+/// `input` is typed into the terminal meanwhile (the master must then be
+/// non-blocking), as far as the command takes it before it ends: written
+/// between reads, never waiting, so a command that stops reading (and
+/// whatever it left on the terminal) cannot hold the reply.
 pub fn on_terminal<'scope, T: Send + 'scope>(
     s: &'scope thread::Scope<'scope, '_>,
     id: RequestId,
@@ -203,10 +210,6 @@ pub fn on_terminal<'scope, T: Send + 'scope>(
         exited.store(true, Ordering::SeqCst);
         status
     });
-    // Written between reads, never waiting: a command that stops reading
-    // (and whatever it left on the terminal) cannot hold the reply.
-    let feedable = !input.is_empty() && sys::set_nonblocking(&master).is_ok();
-    let input = if feedable { input } else { &[] };
     let stream = PtyOutput::new(&master, input, exited);
     let output = (
         pump(id, StreamKind::Stdout, stream, control),
@@ -446,6 +449,10 @@ struct PtyOutput<'a> {
     /// What is still to be typed into the terminal (the master is
     /// non-blocking then).
     input: &'a [u8],
+    /// The terminal reported room, then took nothing: the next wait is for
+    /// output alone, so a terminal that keeps doing so is retried at the
+    /// poll's pace rather than in a spin.
+    refused: bool,
     exited: &'a AtomicBool,
     /// Time spent waiting for output since the command ended.
     lingered: Duration,
@@ -456,6 +463,7 @@ impl<'a> PtyOutput<'a> {
         PtyOutput {
             master,
             input,
+            refused: false,
             exited,
             lingered: Duration::ZERO,
         }
@@ -465,8 +473,9 @@ impl<'a> PtyOutput<'a> {
     fn feed(&mut self) {
         let chunk = &self.input[..self.input.len().min(CHUNK)];
         match (&mut &*self.master).write(chunk) {
+            Ok(0) => self.refused = true,
             Ok(n) => self.input = &self.input[n..],
-            Err(e) if is_transient(&e) => {}
+            Err(e) if is_transient(&e) => self.refused = true,
             Err(_) => self.input = &[],
         }
     }
@@ -494,7 +503,7 @@ impl Read for PtyOutput<'_> {
                 Duration::from_millis(50)
             };
             // Input is for the command: none once it has ended.
-            let feeding = !ended && !self.input.is_empty();
+            let feeding = !ended && !self.input.is_empty() && !std::mem::take(&mut self.refused);
             let started = Instant::now();
             let (readable, writable) = sys::poll_terminal(self.master.as_raw_fd(), feeding, wait)?;
             if ended {
