@@ -11,7 +11,7 @@ def main():
     tmpdir = module.tmpdir
     if module.params["leave"]:
         os.makedirs(os.path.join(tmpdir, "sub"))
-        for name in ("left", "sub/left"):
+        for name in ["left", "sub/left"] + ["sub/%d" % i for i in range(500)]:
             with open(os.path.join(tmpdir, name), "w") as f:
                 f.write("left behind\n")
     remote_tmp = os.path.expanduser(os.path.expandvars(module._remote_tmp))
