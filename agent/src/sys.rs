@@ -366,18 +366,7 @@ pub fn poll_readable(fds: &[i32], timeout: std::time::Duration) -> io::Result<Ve
             revents: 0,
         })
         .collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs that
-    // outlives the call.
-    let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(Vec::new())
-        } else {
-            Err(e)
-        };
-    }
+    poll(&mut polls, timeout)?;
     Ok(polls
         .iter()
         .filter(|p| p.revents != 0)
@@ -387,7 +376,7 @@ pub fn poll_readable(fds: &[i32], timeout: std::time::Duration) -> io::Result<Ve
 
 /// Waits up to `timeout` for terminal master `fd` to have something to
 /// read (or be hung up), or, with `write`, room to write: (readable,
-/// writable). An interrupted wait reports neither.
+/// writable).
 pub fn poll_terminal(
     fd: i32,
     write: bool,
@@ -398,23 +387,31 @@ pub fn poll_terminal(
     } else {
         libc::POLLIN
     };
-    let mut poll = libc::pollfd {
+    let mut polls = [libc::pollfd {
         fd,
         events,
         revents: 0,
-    };
+    }];
+    poll(&mut polls, timeout)?;
+    let revents = polls[0].revents;
+    Ok((revents & !libc::POLLOUT != 0, revents & libc::POLLOUT != 0))
+}
+
+/// `poll(2)` on `polls`, filling in their `revents`; an interrupted wait
+/// leaves them all empty.
+fn poll(polls: &mut [libc::pollfd], timeout: std::time::Duration) -> io::Result<()> {
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd that outlives the call.
-    if unsafe { libc::poll(&mut poll, 1, ms) } < 0 {
+    // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs that
+    // outlives the call.
+    let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
+    if rc < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok((false, false))
-        } else {
-            Err(e)
-        };
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+        polls.iter_mut().for_each(|p| p.revents = 0);
     }
-    let writable = poll.revents & libc::POLLOUT != 0;
-    Ok((poll.revents & !libc::POLLOUT != 0, writable))
+    Ok(())
 }
 
 /// Makes reads and writes on `file` (its open file description, shared by
