@@ -72,13 +72,6 @@ fn children() -> MutexGuard<'static, HashMap<u32, Entry>> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// The compressed agent the controller sent, for children whose stage asks
-/// for xz.
-fn agent_xz() -> MutexGuard<'static, Option<Arc<Vec<u8>>>> {
-    static XZ: Mutex<Option<Arc<Vec<u8>>>> = Mutex::new(None);
-    XZ.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Passes a routed frame to child `child`.
 pub fn route(child: u32, frame: Vec<u8>) {
     let tx = children().get(&child).map(|e| e.tx.clone());
@@ -131,10 +124,7 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-pub fn start(mut req: Become, control: &Control) -> Result<Child, WireError> {
-    if let Some(agent) = req.agent.take() {
-        *agent_xz() = Some(Arc::new(agent.into_inner()));
-    }
+pub fn start(req: Become, control: &Control) -> Result<Child, WireError> {
     let deadline = Instant::now() + Duration::from_millis(req.timeout_ms.max(1));
     match req.method.as_str() {
         "sudo" => sudo(&req, deadline, control),
@@ -679,7 +669,8 @@ fn take_boot_line(out: &mut Vec<u8>) -> Result<Option<BootLine>, String> {
     Ok(None)
 }
 
-/// This agent's binary, as the child's stage asked for it.
+/// This agent's binary, uncompressed: it only crosses a pipe, and the child
+/// skips decompressing it.
 fn send_agent(stdin: &mut File, boot: &BootLine) -> Result<(), WireError> {
     if boot.arch != std::env::consts::ARCH {
         return Err(WireError::new(
@@ -691,16 +682,13 @@ fn send_agent(stdin: &mut File, boot: &BootLine) -> Result<(), WireError> {
             ),
         ));
     }
-    let blob: Arc<Vec<u8>> = match boot.codec {
-        Codec::Xz => agent_xz()
-            .clone()
-            .ok_or_else(|| WireError::new(ErrorKind::CodeMissing, "the compressed agent"))?,
-        Codec::Raw => Arc::new(
-            std::fs::read("/proc/self/exe").map_err(|e| io_error("reading this agent", e))?,
-        ),
+    let blob = std::fs::read("/proc/self/exe").map_err(|e| io_error("reading this agent", e))?;
+    let header = match boot.codec {
+        Codec::Xz => spindle_bootstrap::raw_blob_header(blob.len()),
+        Codec::Raw => spindle_bootstrap::blob_header(blob.len()),
     };
     stdin
-        .write_all(&spindle_bootstrap::blob_header(blob.len()))
+        .write_all(&header)
         .and_then(|_| stdin.write_all(&blob))
         .map_err(|e| io_error("sending the child agent", e))
 }

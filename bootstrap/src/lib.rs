@@ -53,9 +53,19 @@ pub fn stdin_preamble(python: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// The header that precedes the agent binary on stdin.
+/// The header that precedes the agent binary on stdin: its length, for a
+/// binary encoded as the stage announced.
 pub fn blob_header(len: usize) -> Vec<u8> {
     format!("{len}\n").into_bytes()
+}
+
+/// The header for an uncompressed binary whatever the stage announced: an
+/// agent starting a child agent on its own host hands over the binary it
+/// runs, which never crosses the network. Only the Python stage reads this
+/// form; the shell stage always announces [`Codec::Raw`] and gets
+/// [`blob_header`].
+pub fn raw_blob_header(len: usize) -> Vec<u8> {
+    format!("{len} raw\n").into_bytes()
 }
 
 /// Environment variable the controller sets when it starts an agent on its

@@ -1,8 +1,9 @@
 # Spindle bootstrap, Python stage. Sent on stdin as one line and run by the
 # fixed command line `PYTHON -c 'import sys;exec(sys.stdin.buffer.readline())'`.
 # 1. announce the architecture and whether lzma is available;
-# 2. read a decimal length line, then exactly that many bytes: the agent,
-#    xz-compressed when lzma is available;
+# 2. read a length line, then exactly that many bytes: the agent,
+#    xz-compressed when lzma is available, unless the line ends in "raw" (an
+#    agent starting a child agent hands over its own binary as it runs);
 # 3. put it in an anonymous memory file and exec it, keeping stdin/stdout.
 # Nothing touches the disk. Reads never go past the agent: stdin stays the
 # agent's message channel.
@@ -29,8 +30,9 @@ os.write(1, ("\nSPINDLE-BOOT1 %s %s\n" % (arch, codec)).encode())
 line = b""
 while not line.endswith(b"\n"):
     line += read_exactly(1)
-blob = read_exactly(int(line))
-if codec == "xz":
+words = line.split()
+blob = read_exactly(int(words[0]))
+if codec == "xz" and words[1:] != [b"raw"]:
     blob = lzma.decompress(blob)
 name = "spindle-agent"
 # No MFD_CLOEXEC: qemu-user cannot exec a close-on-exec memfd. The agent

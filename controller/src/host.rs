@@ -23,10 +23,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// What [`Link::note_code`] records once the agent holds the compressed
-/// agent binary (for starting child agents).
-const AGENT_CODE: &str = "agent.xz";
-
 /// Chunks read ahead of an upload, or queued for writing during a fetch.
 const READ_AHEAD: usize = 4;
 
@@ -305,32 +301,17 @@ impl Host {
                 .or(pythons.first())
                 .cloned()
         });
-        let req = |agent: Option<Vec<u8>>| Become {
+        let req = Become {
             method: b.method.clone(),
             exe: b.exe.clone(),
             flags: b.flags.clone(),
             user: b.user.clone(),
-            python: python.clone(),
+            python,
             password: b.password.as_ref().map(|p| p.as_bytes().to_vec().into()),
             prompts: b.prompts.clone(),
-            agent: agent.map(Into::into),
             timeout_ms: b.timeout.unwrap_or(self.connect_timeout).as_millis() as u64,
         };
-        let xz = || {
-            self.agents
-                .binary(&parent.hello().arch, spindle_bootstrap::Codec::Xz)
-                .map(|b| b.to_vec())
-        };
-        let first = parent.note_code(AGENT_CODE);
-        let child = match parent
-            .call(req(if first { Some(xz()?) } else { None }))
-            .await
-        {
-            Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => {
-                parent.call(req(Some(xz()?))).await?
-            }
-            other => other?,
-        };
+        let child = parent.call(req).await?;
         let link = Arc::new(Link::child(&parent, child.child, *child.hello));
         // Not part of whatever chain of steps the caller is in. A child's
         // account is entered afresh by sudo, su or doas, whose PAM stacks

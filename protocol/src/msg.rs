@@ -568,11 +568,6 @@ pub struct Become {
     /// `Password`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prompts: Vec<String>,
-    /// The xz-compressed agent for this architecture, sent with the first
-    /// request of a link; an agent without it answers
-    /// [`crate::ErrorKind::CodeMissing`].
-    #[serde(default)]
-    pub agent: Option<Blob>,
     /// Limit for the whole start, password prompt included.
     pub timeout_ms: u64,
 }

@@ -668,7 +668,6 @@ fn golden_encodings() {
             python: Some("/usr/bin/python3".into()),
             password: Some(Blob(b"secret".to_vec())),
             prompts: vec![],
-            agent: None,
             timeout_ms: 10_000,
         },
     );
@@ -683,7 +682,6 @@ fn golden_encodings() {
             python: None,
             password: None,
             prompts: vec!["Password".into(), "Passwort".into()],
-            agent: Some(Blob(vec![0xfd, b'7', b'z'])),
             timeout_ms: 10_000,
         },
     );
