@@ -48,9 +48,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Bundles by hash, each in a memfd.
-fn code_store() -> MutexGuard<'static, HashMap<String, Arc<File>>> {
-    static STORE: OnceLock<Mutex<HashMap<String, Arc<File>>>> = OnceLock::new();
+/// Bundles by hash, each in a memfd, and where each piece they came in
+/// lies: (bundle, offset, length) by key.
+#[derive(Default)]
+struct CodeStore {
+    bundles: HashMap<String, Arc<File>>,
+    pieces: HashMap<Vec<u8>, (Arc<File>, u64, usize)>,
+}
+
+fn code_store() -> MutexGuard<'static, CodeStore> {
+    static STORE: OnceLock<Mutex<CodeStore>> = OnceLock::new();
     lock(STORE.get_or_init(Default::default))
 }
 
@@ -347,25 +354,66 @@ fn forward_stderr(python: &str, mut err: impl Read) {
 }
 
 /// Bundle `code`: the one this agent keeps under its hash, or the one it
-/// carries (kept from now on).
+/// carries, whole or in pieces (kept from now on).
 pub fn bundle(code: &mut Code) -> Result<Arc<File>, WireError> {
+    use std::os::unix::fs::FileExt;
     let mut store = code_store();
-    if let Some(f) = store.get(&code.hash) {
+    if let Some(f) = store.bundles.get(&code.hash) {
         return Ok(f.clone());
     }
-    let zip = code.zip.take().ok_or_else(|| {
+    let hash = code.hash.clone();
+    let missing = |what: String| {
         WireError::new(
             ErrorKind::CodeMissing,
-            format!("module code {} is not cached", code.hash),
+            format!("module code {hash} is not cached{what}"),
         )
-    })?;
+    };
     let mut file =
         sys::memfd(c"spindle-module").map_err(|e| io_error("creating a memory file", e))?;
-    file.write_all(zip.as_ref())
-        .map_err(|e| io_error("storing module code", e))?;
+    let store_error = |e| io_error("storing module code", e);
+    let mut placed = Vec::new();
+    if let Some(zip) = code.zip.take() {
+        file.write_all(zip.as_ref()).map_err(store_error)?;
+    } else if !code.pieces.is_empty() {
+        let mut at = 0u64;
+        for piece in code.pieces.drain(..) {
+            let len = match piece.data {
+                Some(data) => {
+                    file.write_all(data.as_ref()).map_err(store_error)?;
+                    data.as_ref().len()
+                }
+                None => {
+                    let (held, offset, len) =
+                        store.pieces.get(piece.key.as_ref()).ok_or_else(|| {
+                            missing(format!(" (nor its piece {})", hex(piece.key.as_ref())))
+                        })?;
+                    let mut bytes = vec![0; *len];
+                    // At an offset: the bundle's descriptor is shared.
+                    held.read_exact_at(&mut bytes, *offset)
+                        .and_then(|_| file.write_all(&bytes))
+                        .map_err(store_error)?;
+                    *len
+                }
+            };
+            placed.push((piece.key.into_inner(), at, len));
+            at += len as u64;
+        }
+    } else {
+        return Err(missing(String::new()));
+    }
     let file = Arc::new(file);
-    store.insert(code.hash.clone(), file.clone());
+    for (key, offset, len) in placed {
+        store
+            .pieces
+            .entry(key)
+            .or_insert((file.clone(), offset, len));
+    }
+    store.bundles.insert(hash, file.clone());
     Ok(file)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecResult, WireError> {

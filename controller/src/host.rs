@@ -428,12 +428,9 @@ impl Host {
     ) -> Result<ExecOutput> {
         let link = self.link_as(account).await?;
         let first = link.note_code(&module.hash);
-        let req = |with_code: bool| RunModule {
+        let req = |code: Code| RunModule {
             python: python.to_owned(),
-            code: Code {
-                hash: module.hash.clone(),
-                zip: with_code.then(|| module.zip.to_vec().into()),
-            },
+            code,
             entry: module.entry,
             fqn: module.fqn.clone(),
             params: module.params.clone(),
@@ -445,18 +442,33 @@ impl Host {
             cwd: module.cwd.clone(),
             pty: module.pty,
         };
-        let out = match collect(&link, req(first)).await {
+        let code = if first {
+            link.code_to_send(&module.hash, &module.zip)
+        } else {
+            Code {
+                hash: module.hash.clone(),
+                ..Code::default()
+            }
+        };
+        let sent = code.without_bytes();
+        let (out, sent) = match collect(&link, req(code)).await {
             // The agent lost it (or another caller's first send is still in
-            // flight and failed): send it along and try once more.
+            // flight and failed): send it along, whole, and try once more.
             Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => {
                 link.forget_code(&module.hash);
                 link.note_code(&module.hash);
-                collect(&link, req(true)).await
+                let whole = Code {
+                    hash: module.hash.clone(),
+                    zip: Some(module.zip.to_vec().into()),
+                    pieces: Vec::new(),
+                };
+                let sent = whole.without_bytes();
+                (collect(&link, req(whole)).await, sent)
             }
-            other => other,
+            other => (other, sent),
         };
         if out.is_ok() {
-            link.confirm_code(&module.hash);
+            link.confirm_sent(&sent);
         }
         out
     }
@@ -518,16 +530,19 @@ impl Host {
         req.size = data.len() as u64 + Splice::text_len(zip.len() as u64);
         req.data = Some(data.into());
         link.note_code(hash);
-        req.splice = Some(Splice {
-            at,
-            code: Code {
+        let code = if link.holds_code(hash) {
+            Code {
                 hash: hash.to_owned(),
-                zip: (!link.holds_code(hash)).then(|| zip.to_vec().into()),
-            },
-        });
+                ..Code::default()
+            }
+        } else {
+            link.code_to_send(hash, zip)
+        };
+        let sent = code.without_bytes();
+        req.splice = Some(Splice { at, code });
         let put = link.call(req).await;
         if put.is_ok() {
-            link.confirm_code(hash);
+            link.confirm_sent(&sent);
         }
         put
     }

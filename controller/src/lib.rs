@@ -13,6 +13,7 @@ pub mod chain;
 mod error;
 mod host;
 mod link;
+mod pieces;
 pub mod serve;
 pub mod transport;
 

@@ -19,10 +19,11 @@
 
 use crate::agents::AgentStore;
 use crate::error::{Error, Result};
+use crate::pieces::Held;
 use crate::transport::{Destination, Transport};
 use spindle_bootstrap::BootLine;
 use spindle_protocol::{
-    frame, Blob, Call, FromAgent, Hello, LogLevel, Reply, RequestId, StreamKind, ToAgent,
+    frame, Blob, Call, Code, FromAgent, Hello, LogLevel, Reply, RequestId, StreamKind, ToAgent,
     WireError, HELLO_MAGIC, WINDOW,
 };
 use std::collections::HashMap;
@@ -156,6 +157,8 @@ pub struct Link {
     /// Module bundles (by hash) this agent has been sent, and whether a
     /// request that carried or used one has succeeded (so it holds it).
     codes: Mutex<HashMap<String, bool>>,
+    /// The bundle pieces the agent holds (see [`crate::pieces`]).
+    pieces: Held,
     _child: Option<Child>,
     /// For a child agent: the link it travels on (kept alive with it) and
     /// the number the parent agent knows it by.
@@ -313,6 +316,7 @@ impl Link {
             shared,
             hello,
             codes: Mutex::default(),
+            pieces: Held::default(),
             _child: child,
             parent: None,
             commands: Default::default(),
@@ -371,6 +375,7 @@ impl Link {
             shared,
             hello,
             codes: Mutex::default(),
+            pieces: Held::default(),
             _child: None,
             parent: Some((parent.clone(), child)),
             commands: Default::default(),
@@ -408,8 +413,23 @@ impl Link {
             .unwrap_or(false)
     }
 
-    /// Forgets bundle `hash` (the agent said it does not hold it).
+    /// `Code` that carries bundle `zip` (hex SHA-256 `hash`) to this
+    /// agent: the pieces it does not hold yet, named with those it does.
+    pub fn code_to_send(&self, hash: &str, zip: &[u8]) -> Code {
+        self.pieces.code(hash, zip)
+    }
+
+    /// Records that a request with `code` succeeded: the agent holds the
+    /// bundle and every piece `code` named.
+    pub fn confirm_sent(&self, code: &Code) {
+        self.confirm_code(&code.hash);
+        self.pieces.confirm(code);
+    }
+
+    /// Forgets bundle `hash` (the agent said it does not hold it, or one of
+    /// its pieces: the pieces it holds are forgotten too).
     pub fn forget_code(&self, hash: &str) {
+        self.pieces.forget();
         self.codes
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -522,15 +522,49 @@ pub struct RunModule {
     pub pty: bool,
 }
 
-/// A module bundle by content hash. `zip` travels only when the controller
-/// believes the agent does not hold it yet; an agent missing it answers
+/// A module bundle by content hash. The bundle travels only when the
+/// controller believes the agent does not hold it yet, either whole (`zip`)
+/// or as `pieces`; an agent missing it, or a piece of it, answers
 /// [`crate::ErrorKind::CodeMissing`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Code {
-    /// Hex SHA-256 of `zip`.
+    /// Hex SHA-256 of the bundle.
     pub hash: String,
     #[serde(default)]
     pub zip: Option<Blob>,
+    /// The bundle as consecutive byte ranges (a zip cut where its members
+    /// start), joined in order. A piece without `data` is one the agent got
+    /// with an earlier bundle: the members bundles share (module_utils)
+    /// cross the link once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<Piece>,
+}
+
+impl Code {
+    /// The same bundle named by its hash and pieces, without their bytes.
+    pub fn without_bytes(&self) -> Code {
+        Code {
+            hash: self.hash.clone(),
+            zip: None,
+            pieces: self
+                .pieces
+                .iter()
+                .map(|p| Piece {
+                    key: p.key.clone(),
+                    data: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One piece of a [`Code`]: its key (the first 16 bytes of its SHA-256) and,
+/// unless the agent has it already, its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    pub key: Blob,
+    #[serde(default)]
+    pub data: Option<Blob>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

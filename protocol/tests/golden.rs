@@ -269,6 +269,7 @@ fn golden_encodings() {
                 code: Code {
                     hash: "ab".repeat(32),
                     zip: Some(Blob(b"PK\x05".to_vec())),
+                    pieces: vec![],
                 },
             }),
             ..Put::default()
@@ -351,6 +352,7 @@ fn golden_encodings() {
             code: Code {
                 hash: "ab".repeat(32),
                 zip: Some(Blob::from(&b"PK\x03\x04"[..])),
+                pieces: vec![],
             },
             entry: ModuleEntry::Loader,
             fqn: "ansible.modules.ping".into(),
@@ -372,6 +374,7 @@ fn golden_encodings() {
             code: Code {
                 hash: "ab".repeat(32),
                 zip: None,
+                pieces: vec![],
             },
             entry: ModuleEntry::Runpy,
             fqn: "ansible.modules.command".into(),
@@ -393,6 +396,16 @@ fn golden_encodings() {
             code: Code {
                 hash: "cd".repeat(32),
                 zip: None,
+                pieces: vec![
+                    Piece {
+                        key: Blob(vec![0x11; 16]),
+                        data: None,
+                    },
+                    Piece {
+                        key: Blob(vec![0x22; 16]),
+                        data: Some(Blob(b"PK\x01\x02".to_vec())),
+                    },
+                ],
             },
             entry: ModuleEntry::Loader,
             fqn: "ansible.modules.stat".into(),
@@ -414,6 +427,7 @@ fn golden_encodings() {
             code: Code {
                 hash: "ef".repeat(32),
                 zip: None,
+                pieces: vec![],
             },
             entry: ModuleEntry::Loader,
             fqn: "ansible.modules.command".into(),

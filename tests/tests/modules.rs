@@ -188,7 +188,8 @@ async fn modules_match_stock_runs() -> Result<()> {
 }
 
 /// The module bundle crosses the link once: a second run of the same module
-/// sends only its arguments (counted in bytes on the host's veth).
+/// sends only its arguments (counted in bytes on the host's veth), and
+/// another module's bundle only what it does not share with the first.
 #[tokio::test]
 async fn second_run_sends_no_code() -> Result<()> {
     let tb = Testbed::load()?;
@@ -220,6 +221,36 @@ async fn second_run_sends_no_code() -> Result<()> {
         "first run must carry the bundle"
     );
     assert!(second < 16 << 10, "second run sent {second} bytes");
+
+    // Another module's bundle shares most of ping's (module_utils): only
+    // what ping's lacked crosses the link, and the module still runs.
+    let (other, command) = records
+        .iter()
+        .find_map(|r| {
+            let m = split(&r.payload).ok()?;
+            (m.fqn == "ansible.modules.command").then_some((r, m))
+        })
+        .context("no command recorded")?;
+    let t2 = tx()?;
+    let out = host
+        .run_module("/usr/bin/python3", &command, Vec::new())
+        .await?;
+    let third = tx()? - t2;
+    eprintln!(
+        "command's bundle {} bytes; its first run sent {third} bytes",
+        command.zip.len()
+    );
+    assert_eq!(
+        out.code,
+        Some(other.rc),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        third < command.zip.len() as u64 / 2,
+        "command's first run sent {third} bytes of a {} byte bundle",
+        command.zip.len()
+    );
     Ok(())
 }
 
