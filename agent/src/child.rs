@@ -27,7 +27,8 @@ use crate::ctl::{self, Control};
 use crate::{io_error, out, sys};
 use spindle_bootstrap::{BootLine, Codec};
 use spindle_protocol::{
-    frame, Become, Blob, Child, ErrorKind, FromAgent, Hello, LogLevel, WireError, HELLO_MAGIC,
+    frame, Become, Blob, Child, Code, ErrorKind, FromAgent, Hello, LogLevel, ToAgent, WireError,
+    HELLO_MAGIC,
 };
 use std::collections::HashMap;
 use std::fs::File;
@@ -82,6 +83,27 @@ pub fn route(child: u32, frame: Vec<u8>) {
             child,
             reason: format!("no child agent {child}"),
         }),
+    }
+}
+
+/// Sends child `child` the bundle `hash` this agent holds, as a frame of
+/// its own ahead of whatever is routed to it next; nothing if either is
+/// missing (the child then asks for the bundle as usual).
+pub fn share(child: u32, hash: &str) {
+    let Some(zip) = crate::python::stored_bundle(hash) else {
+        out::log(LogLevel::Debug, format!("no bundle {hash} to share"));
+        return;
+    };
+    let keep = ToAgent::Keep {
+        code: Code {
+            hash: hash.to_owned(),
+            zip: Some(zip.into()),
+            pieces: Vec::new(),
+        },
+    };
+    match frame::encode(&keep) {
+        Ok(frame) => route(child, frame),
+        Err(e) => out::log(LogLevel::Warn, format!("sharing bundle {hash}: {e}")),
     }
 }
 

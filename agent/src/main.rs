@@ -233,6 +233,12 @@ fn handle(msg: ToAgent) {
         }
         ToAgent::Route { child, frame } => child::route(child, frame.into_inner()),
         ToAgent::EndChild { child } => child::end(child),
+        ToAgent::Share { child, hash } => child::share(child, &hash),
+        ToAgent::Keep { mut code } => {
+            if let Err(e) = python::bundle(&mut code) {
+                out::log(LogLevel::Warn, format!("keeping a shared bundle: {e}"));
+            }
+        }
         ToAgent::Cancel { id } => {
             if let Some(e) = registry().get_mut(&id) {
                 e.control.cancel();

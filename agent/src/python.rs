@@ -21,7 +21,7 @@ use crate::ctl::Control;
 use crate::{exec, io_error, login_env, out, sys};
 use serde::Deserialize;
 use spindle_protocol::{
-    Code, ErrorKind, ExecResult, LogLevel, ModuleEntry, RequestId, RunModule, WireError,
+    Code, ErrorKind, ExecResult, LogLevel, ModuleEntry, Piece, RequestId, RunModule, WireError,
 };
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -354,12 +354,16 @@ fn forward_stderr(python: &str, mut err: impl Read) {
 }
 
 /// Bundle `code`: the one this agent keeps under its hash, or the one it
-/// carries, whole or in pieces (kept from now on).
+/// carries, whole or in pieces (kept from now on, sealed).
 pub fn bundle(code: &mut Code) -> Result<Arc<File>, WireError> {
     use std::os::unix::fs::FileExt;
     let mut store = code_store();
-    if let Some(f) = store.bundles.get(&code.hash) {
-        return Ok(f.clone());
+    if let Some(f) = store.bundles.get(&code.hash).cloned() {
+        // Kept from another request (one that carried it whole, say): the
+        // pieces this one names lie in it too, and the controller will
+        // count on them from now on.
+        note_pieces(&mut store, &f, &code.pieces);
+        return Ok(f);
     }
     let hash = code.hash.clone();
     let missing = |what: String| {
@@ -371,22 +375,26 @@ pub fn bundle(code: &mut Code) -> Result<Arc<File>, WireError> {
     let mut file =
         sys::memfd(c"spindle-module").map_err(|e| io_error("creating a memory file", e))?;
     let store_error = |e| io_error("storing module code", e);
-    let mut placed = Vec::new();
     if let Some(zip) = code.zip.take() {
         file.write_all(zip.as_ref()).map_err(store_error)?;
     } else if !code.pieces.is_empty() {
-        let mut at = 0u64;
-        for piece in code.pieces.drain(..) {
-            let len = match piece.data {
+        let mut at = 0usize;
+        for piece in &code.pieces {
+            let len = match &piece.data {
                 Some(data) => {
                     file.write_all(data.as_ref()).map_err(store_error)?;
                     data.as_ref().len()
                 }
                 None => {
-                    let (held, offset, len) =
-                        store.pieces.get(piece.key.as_ref()).ok_or_else(|| {
-                            missing(format!(" (nor its piece {})", hex(piece.key.as_ref())))
-                        })?;
+                    let key = piece.key.as_ref().ok_or_else(|| {
+                        WireError::new(
+                            ErrorKind::Protocol,
+                            "a module code piece with neither key nor data",
+                        )
+                    })?;
+                    let (held, offset, len) = store.pieces.get(key.as_ref()).ok_or_else(|| {
+                        missing(format!(" (nor its piece {})", hex(key.as_ref())))
+                    })?;
                     let mut bytes = vec![0; *len];
                     // At an offset: the bundle's descriptor is shared.
                     held.read_exact_at(&mut bytes, *offset)
@@ -395,21 +403,67 @@ pub fn bundle(code: &mut Code) -> Result<Arc<File>, WireError> {
                     *len
                 }
             };
-            placed.push((piece.key.into_inner(), at, len));
-            at += len as u64;
+            at += len;
+            // A bundle came in one frame once: it is never larger.
+            if at > spindle_protocol::MAX_FRAME {
+                return Err(WireError::new(
+                    ErrorKind::Protocol,
+                    format!("module code {hash} joins into more than a frame"),
+                ));
+            }
         }
     } else {
         return Err(missing(String::new()));
     }
+    // A module may reach its bundle through the interpreter's /proc entry:
+    // it must not change what later tasks, and bundles sharing its pieces,
+    // are made of.
+    sys::seal(&file).map_err(|e| io_error("sealing module code", e))?;
     let file = Arc::new(file);
-    for (key, offset, len) in placed {
-        store
-            .pieces
-            .entry(key)
-            .or_insert((file.clone(), offset, len));
-    }
+    note_pieces(&mut store, &file, &code.pieces);
+    code.pieces.clear();
     store.bundles.insert(hash, file.clone());
     Ok(file)
+}
+
+/// Records where in `bundle` each of `pieces` lies, unless it is known
+/// already. All or nothing: not when a piece's length is unknown (no data,
+/// not held), nor when the pieces do not add up to the bundle.
+fn note_pieces(store: &mut CodeStore, bundle: &Arc<File>, pieces: &[Piece]) {
+    let mut lens = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        let held = p.key.as_ref().and_then(|k| store.pieces.get(k.as_ref()));
+        let len = match (&p.data, held) {
+            (Some(data), _) => data.as_ref().len(),
+            (None, Some(&(_, _, len))) => len,
+            (None, None) => return,
+        };
+        lens.push(len);
+    }
+    let total: usize = lens.iter().sum();
+    if bundle.metadata().map(|m| m.len()).ok() != Some(total as u64) {
+        return;
+    }
+    let mut at = 0u64;
+    for (p, len) in pieces.iter().zip(lens) {
+        if let Some(key) = &p.key {
+            store
+                .pieces
+                .entry(key.as_ref().to_vec())
+                .or_insert_with(|| (bundle.clone(), at, len));
+        }
+        at += len as u64;
+    }
+}
+
+/// The bytes of the bundle kept under `hash`, if any.
+pub fn stored_bundle(hash: &str) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = code_store().bundles.get(hash)?.clone();
+    let mut zip = vec![0; file.metadata().ok()?.len() as usize];
+    // At an offset: the bundle's descriptor is shared.
+    file.read_exact_at(&mut zip, 0).ok()?;
+    Some(zip)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -307,12 +307,25 @@ pub fn recv_packet(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 /// An anonymous in-memory file (close-on-exec).
 pub fn memfd(name: &std::ffi::CStr) -> io::Result<File> {
     // SAFETY: name is a valid C string.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: memfd_create returned a new descriptor we own.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Makes memory file `file` read-only for good: no writes, no resizing, by
+/// anyone, through any descriptor or path (a module may reach its bundle
+/// through `/proc`).
+pub fn seal(file: &File) -> io::Result<()> {
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own; no pointers involved.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A pipe whose ends are both close-on-exec: (read, write).

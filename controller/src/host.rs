@@ -442,7 +442,7 @@ impl Host {
             cwd: module.cwd.clone(),
             pty: module.pty,
         };
-        let code = if first {
+        let code = if first && !link.share_from_parent(&module.hash).await {
             link.code_to_send(&module.hash, &module.zip)
         } else {
             Code {
@@ -530,7 +530,7 @@ impl Host {
         req.size = data.len() as u64 + Splice::text_len(zip.len() as u64);
         req.data = Some(data.into());
         link.note_code(hash);
-        let code = if link.holds_code(hash) {
+        let code = if link.holds_code(hash) || link.share_from_parent(hash).await {
             Code {
                 hash: hash.to_owned(),
                 ..Code::default()
@@ -541,8 +541,11 @@ impl Host {
         let sent = code.without_bytes();
         req.splice = Some(Splice { at, code });
         let put = link.call(req).await;
-        if put.is_ok() {
-            link.confirm_sent(&sent);
+        match &put {
+            Ok(_) => link.confirm_sent(&sent),
+            // Not retried (see above), but the next put sends it all.
+            Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => link.forget_code(hash),
+            Err(_) => {}
         }
         put
     }

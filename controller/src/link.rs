@@ -419,6 +419,24 @@ impl Link {
         self.pieces.code(hash, zip)
     }
 
+    /// For a child agent whose parent agent holds bundle `hash`: has the
+    /// parent hand it over (see [`ToAgent::Share`]), so that it need not
+    /// cross the link again. It arrives ahead of any request sent to this
+    /// link after the call; false if there is no parent holding it.
+    pub async fn share_from_parent(&self, hash: &str) -> bool {
+        let Some((parent, child)) = &self.parent else {
+            return false;
+        };
+        if !parent.holds_code(hash) {
+            return false;
+        }
+        let share = ToAgent::Share {
+            child: *child,
+            hash: hash.to_owned(),
+        };
+        parent.shared.send(&share).await.is_ok()
+    }
+
     /// Records that a request with `code` succeeded: the agent holds the
     /// bundle and every piece `code` named.
     pub fn confirm_sent(&self, code: &Code) {

@@ -2,12 +2,13 @@
 //!
 //! Every AnsiballZ zip carries its module with the module_utils it imports:
 //! `basic.py` and its helpers are most of each bundle and the same in all
-//! of them. [`split`] cuts a zip where its members start (each piece: one
-//! member's local header and data; the last: the central directory and end
-//! record) and keys each piece by its hash. A link sends a piece's bytes the
-//! first time only; the agent joins the pieces in order, which gives back
-//! the zip byte for byte, whatever the zip holds: the cut points only decide
-//! how much is shared.
+//! of them, but for the time Ansible built the bundle, which each member's
+//! header records. [`split`] cuts a zip around its members' compressed
+//! data: each member's data is a piece keyed by its hash; what lies between
+//! (headers, the central directory) is glue that travels with every
+//! bundle. A link sends a keyed piece's bytes the first time only; the agent
+//! joins the pieces in order, which gives back the zip byte for byte,
+//! whatever the zip holds: the cut points only decide how much is shared.
 
 use sha2::{Digest, Sha256};
 use spindle_protocol::{Blob, Code, Piece};
@@ -20,8 +21,12 @@ pub const KEY_LEN: usize = 16;
 
 pub type Key = [u8; KEY_LEN];
 
-/// A bundle cut into consecutive byte ranges with their keys.
-pub type Split = Arc<[(Range<usize>, Key)]>;
+/// A bundle cut into consecutive byte ranges, the shareable ones keyed.
+pub type Split = Arc<[(Range<usize>, Option<Key>)]>;
+
+/// Member data shorter than this travels as glue: naming it would cost
+/// about as much as sending it.
+const MIN_SHARED: usize = 64;
 
 /// The end of central directory record: signature, then (little endian)
 /// disk numbers, entry counts, directory size and offset, comment length.
@@ -30,11 +35,12 @@ const EOCD_LEN: usize = 22;
 const CENTRAL_SIG: &[u8; 4] = b"PK\x01\x02";
 const CENTRAL_LEN: usize = 46;
 const LOCAL_SIG: &[u8; 4] = b"PK\x03\x04";
+const LOCAL_LEN: usize = 30;
 
-/// Where `zip`'s members start, in order, and where its central directory
-/// does; `None` for anything that is not a plain (non-zip64) zip with at
+/// Where each of `zip`'s members has its compressed data, in order of
+/// offset; `None` for anything that is not a plain (non-zip64) zip with at
 /// least one member.
-fn layout(zip: &[u8]) -> Option<(Vec<usize>, usize)> {
+fn member_data(zip: &[u8]) -> Option<Vec<Range<usize>>> {
     let u16_at = |at: usize| Some(u16::from_le_bytes(zip.get(at..at + 2)?.try_into().ok()?));
     let u32_at = |at: usize| Some(u32::from_le_bytes(zip.get(at..at + 4)?.try_into().ok()?));
     // The end record is last but for a comment of at most 64 KiB.
@@ -48,45 +54,58 @@ fn layout(zip: &[u8]) -> Option<(Vec<usize>, usize)> {
     if entries == 0 || entries == u16::MAX as usize || dir_at.checked_add(dir_size)? > eocd {
         return None;
     }
-    let mut offsets = Vec::with_capacity(entries);
+    let mut data = Vec::with_capacity(entries);
     let mut at = dir_at;
     for _ in 0..entries {
         if zip.get(at..at + 4)? != CENTRAL_SIG {
             return None;
         }
+        let size = u32_at(at + 20)? as usize;
         let name = u16_at(at + 28)? as usize;
         let extra = u16_at(at + 30)? as usize;
         let comment = u16_at(at + 32)? as usize;
         let local = u32_at(at + 42)? as usize;
-        if local >= dir_at || zip.get(local..local + 4)? != LOCAL_SIG {
+        if zip.get(local..local + 4)? != LOCAL_SIG {
             return None;
         }
-        offsets.push(local);
+        // The local header's own name and extra lengths place the data.
+        let start = local + LOCAL_LEN + u16_at(local + 26)? as usize + u16_at(local + 28)? as usize;
+        let end = start.checked_add(size)?;
+        if end > dir_at {
+            return None;
+        }
+        data.push(start..end);
         at += CENTRAL_LEN + name + extra + comment;
     }
-    offsets.sort_unstable();
-    offsets.dedup();
-    Some((offsets, dir_at))
+    data.sort_unstable_by_key(|r| r.start);
+    // Members' data never overlap in a zip this reads.
+    if data.windows(2).any(|w| w[0].end > w[1].start) {
+        return None;
+    }
+    Some(data)
 }
 
-/// `zip` cut before each member and before its central directory, each
-/// piece with its key; `None` when it does not read as a zip.
+/// `zip` cut around each member's data (keyed, when large enough to share)
+/// with the glue between as unkeyed pieces; `None` when it does not read
+/// as a zip.
 pub fn split(zip: &[u8]) -> Option<Split> {
-    let (offsets, dir_at) = layout(zip)?;
-    let mut cuts = Vec::with_capacity(offsets.len() + 3);
-    cuts.push(0);
-    cuts.extend(offsets);
-    cuts.push(dir_at);
-    cuts.push(zip.len());
-    cuts.dedup();
-    Some(
-        cuts.windows(2)
-            .map(|w| {
-                let range = w[0]..w[1];
-                (range.clone(), key(&zip[range]))
-            })
-            .collect(),
-    )
+    let mut pieces: Vec<(Range<usize>, Option<Key>)> = Vec::new();
+    let mut glue_from = 0;
+    for data in member_data(zip)? {
+        if data.len() < MIN_SHARED {
+            continue;
+        }
+        if glue_from < data.start {
+            pieces.push((glue_from..data.start, None));
+        }
+        glue_from = data.end;
+        let key = key(&zip[data.clone()]);
+        pieces.push((data, Some(key)));
+    }
+    if glue_from < zip.len() {
+        pieces.push((glue_from..zip.len(), None));
+    }
+    Some(pieces.into())
 }
 
 fn key(bytes: &[u8]) -> Key {
@@ -116,10 +135,9 @@ pub struct Held(Mutex<HashSet<Key>>);
 
 impl Held {
     /// `Code` carrying bundle `zip` (hex SHA-256 `hash`) for an agent that
-    /// holds what this records: as pieces, with the bytes of those it
-    /// lacks, when the bundle reads as a zip and shares a piece with one
-    /// sent before; otherwise whole, as pieces all with their bytes (so
-    /// that later bundles can share them).
+    /// holds what this records: as pieces when the bundle reads as a zip,
+    /// each keyed piece with its bytes only if the agent lacks it, the glue
+    /// always; otherwise whole.
     pub fn code(&self, hash: &str, zip: &[u8]) -> Code {
         let Some(split) = split_of(hash, zip) else {
             return Code {
@@ -135,8 +153,9 @@ impl Held {
             pieces: split
                 .iter()
                 .map(|(range, key)| Piece {
-                    key: Blob(key.to_vec()),
-                    data: (!held.contains(key)).then(|| Blob(zip[range.clone()].to_vec())),
+                    key: key.map(|k| Blob(k.to_vec())),
+                    data: (!key.is_some_and(|k| held.contains(&k)))
+                        .then(|| Blob(zip[range.clone()].to_vec())),
                 })
                 .collect(),
         }
@@ -147,7 +166,7 @@ impl Held {
     pub fn confirm(&self, code: &Code) {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for p in &code.pieces {
-            if let Ok(key) = Key::try_from(p.key.as_ref()) {
+            if let Some(Ok(key)) = p.key.as_ref().map(|k| Key::try_from(k.as_ref())) {
                 held.insert(key);
             }
         }
@@ -164,28 +183,32 @@ impl Held {
 mod tests {
     use super::*;
 
-    /// A zip with stored members, as `zipfile` writes one, by hand.
-    fn zip(members: &[(&str, &[u8])]) -> Vec<u8> {
+    /// A zip with stored members, as `zipfile` writes one, by hand; every
+    /// header carries `time` (as Ansible's carry the bundle's build time).
+    fn zip(members: &[(&str, &[u8])], time: u16) -> Vec<u8> {
         let mut out = Vec::new();
         let mut dir = Vec::new();
         for (name, data) in members {
             let at = out.len() as u32;
+            let fixed = |out: &mut Vec<u8>| {
+                out.extend_from_slice(&[0, 0, 0, 0]); // flags, method
+                out.extend_from_slice(&time.to_le_bytes());
+                out.extend_from_slice(&0x5b7bu16.to_le_bytes()); // date
+                out.extend_from_slice(&0u32.to_le_bytes()); // crc, not checked here
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                out.extend_from_slice(&0u16.to_le_bytes()); // extra
+            };
             out.extend_from_slice(LOCAL_SIG);
-            out.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            out.extend_from_slice(&0u32.to_le_bytes()); // crc, not checked here
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(&20u16.to_le_bytes());
+            fixed(&mut out);
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(data);
             dir.extend_from_slice(CENTRAL_SIG);
-            dir.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            dir.extend_from_slice(&0u32.to_le_bytes());
-            dir.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            dir.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            dir.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            dir.extend_from_slice(&[0; 12]);
+            dir.extend_from_slice(&[20, 0, 20, 0]);
+            fixed(&mut dir);
+            dir.extend_from_slice(&[0; 10]); // comment, disk, attributes
             dir.extend_from_slice(&at.to_le_bytes());
             dir.extend_from_slice(name.as_bytes());
         }
@@ -201,56 +224,72 @@ mod tests {
         out
     }
 
-    fn join(code: &Code, held: &HashMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
+    /// What an agent holding `held` (key -> bytes) makes of `code`.
+    fn join(code: &Code, held: &mut HashMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &code.pieces {
+            let bytes = match (&p.data, &p.key) {
+                (Some(d), _) => d.as_ref().to_vec(),
+                (None, Some(k)) => held[k.as_ref()].clone(),
+                (None, None) => panic!("a piece with neither key nor data"),
+            };
+            if let Some(k) = &p.key {
+                held.insert(k.as_ref().to_vec(), bytes.clone());
+            }
+            out.extend(bytes);
+        }
+        out
+    }
+
+    fn sent(code: &Code) -> usize {
         code.pieces
             .iter()
-            .flat_map(|p| match &p.data {
-                Some(d) => d.as_ref().to_vec(),
-                None => held[p.key.as_ref()].clone(),
-            })
-            .collect()
+            .filter_map(|p| p.data.as_ref())
+            .map(|d| d.as_ref().len())
+            .sum()
     }
 
     #[test]
     fn pieces_join_into_the_zip_and_shared_members_travel_once() {
         let basic = vec![b'b'; 5000];
-        let a = zip(&[
-            ("ansible/module_utils/basic.py", &basic),
-            ("ping.py", b"pong"),
-        ]);
-        let b = zip(&[
-            ("ansible/module_utils/basic.py", &basic),
-            ("stat.py", b"st"),
-        ]);
-        assert_eq!(layout(&a).unwrap().0.len(), 2);
-
+        let init: &[u8] = b"";
+        let a = zip(
+            &[
+                ("ansible/__init__.py", init),
+                ("ansible/module_utils/basic.py", &basic),
+                ("ping.py", &[b'p'; 300]),
+            ],
+            1,
+        );
+        // Built two seconds later: every header differs.
+        let b = zip(
+            &[
+                ("ansible/__init__.py", init),
+                ("ansible/module_utils/basic.py", &basic),
+                ("stat.py", &[b's'; 400]),
+            ],
+            2,
+        );
         let held = Held::default();
         let mut agent = HashMap::new();
         let first = held.code("a", &a);
         assert!(first.zip.is_none());
-        assert_eq!(first.pieces.len(), 3, "two members and the directory");
+        let keyed = first.pieces.iter().filter(|p| p.key.is_some()).count();
+        assert_eq!(keyed, 2, "basic.py and ping.py; the empty file is glue");
         assert!(first.pieces.iter().all(|p| p.data.is_some()));
-        assert_eq!(join(&first, &agent), a);
-        for p in &first.pieces {
-            agent.insert(
-                p.key.as_ref().to_vec(),
-                p.data.clone().unwrap().as_ref().to_vec(),
-            );
-        }
-        held.confirm(&first);
+        assert_eq!(join(&first, &mut agent), a);
+        held.confirm(&first.without_bytes());
 
         let second = held.code("b", &b);
-        assert_eq!(join(&second, &agent), b);
-        let sent: usize = second
-            .pieces
-            .iter()
-            .filter_map(|p| p.data.as_ref())
-            .map(|d| d.as_ref().len())
-            .sum();
-        assert!(sent < 200, "basic.py went again: {sent} bytes");
+        assert_eq!(join(&second, &mut agent), b);
+        assert!(
+            sent(&second) < 1000,
+            "basic.py went again: {} bytes",
+            sent(&second)
+        );
 
         held.forget();
-        assert!(held.code("b", &b).pieces.iter().all(|p| p.data.is_some()));
+        assert_eq!(sent(&held.code("b", &b)), b.len());
     }
 
     #[test]
@@ -267,9 +306,12 @@ mod tests {
             assert!(code.pieces.is_empty());
         }
         // A directory pointing outside the file, or at no local header.
-        let mut bad = zip(&[("a.py", b"x")]);
+        let mut bad = zip(&[("a.py", &[b'x'; 100])], 1);
         let n = bad.len();
         bad[n - 6..n - 2].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(split(&bad).is_none());
+        let mut bad = zip(&[("a.py", &[b'x'; 100])], 1);
+        bad[0] = b'X';
         assert!(split(&bad).is_none());
     }
 }

@@ -51,6 +51,15 @@ pub enum ToAgent {
     /// End child agent `child` (its stdin closes); a
     /// [`FromAgent::ChildGone`] follows.
     EndChild { child: u32 },
+    /// Hand the module bundle `hash` this agent holds to child agent
+    /// `child`, as a [`ToAgent::Keep`] ahead of the frames routed to it
+    /// after this one: a bundle crosses the link once for all accounts.
+    /// No reply; an agent without the bundle, or without the child, does
+    /// nothing (the child then answers `code_missing` as usual).
+    Share { child: u32, hash: String },
+    /// Keep module bundle `code` (which carries it): sent by a parent agent
+    /// for [`ToAgent::Share`]. No reply.
+    Keep { code: Code },
 }
 
 /// Everything an agent sends to the controller.
@@ -532,10 +541,10 @@ pub struct Code {
     pub hash: String,
     #[serde(default)]
     pub zip: Option<Blob>,
-    /// The bundle as consecutive byte ranges (a zip cut where its members
-    /// start), joined in order. A piece without `data` is one the agent got
-    /// with an earlier bundle: the members bundles share (module_utils)
-    /// cross the link once.
+    /// The bundle as consecutive byte ranges (a zip cut around each
+    /// member's compressed data), joined in order. A keyed piece without
+    /// `data` is one the agent got with an earlier bundle: the members
+    /// bundles share (module_utils) cross the link once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pieces: Vec<Piece>,
 }
@@ -558,11 +567,14 @@ impl Code {
     }
 }
 
-/// One piece of a [`Code`]: its key (the first 16 bytes of its SHA-256) and,
-/// unless the agent has it already, its bytes.
+/// One piece of a [`Code`]. A shareable piece has a key (the first 16
+/// bytes of its SHA-256) and its bytes unless the agent has it already;
+/// one without a key (glue: headers, the zip's directory) always carries
+/// its bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Piece {
-    pub key: Blob,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Blob>,
     #[serde(default)]
     pub data: Option<Blob>,
 }

@@ -398,12 +398,16 @@ fn golden_encodings() {
                 zip: None,
                 pieces: vec![
                     Piece {
-                        key: Blob(vec![0x11; 16]),
+                        key: None,
+                        data: Some(Blob(b"PK\x03\x04".to_vec())),
+                    },
+                    Piece {
+                        key: Some(Blob(vec![0x11; 16])),
                         data: None,
                     },
                     Piece {
-                        key: Blob(vec![0x22; 16]),
-                        data: Some(Blob(b"PK\x01\x02".to_vec())),
+                        key: Some(Blob(vec![0x22; 16])),
+                        data: Some(Blob(b"import sys".to_vec())),
                     },
                 ],
             },
@@ -727,6 +731,23 @@ fn golden_encodings() {
         },
     );
     g.downstream("end_child", ToAgent::EndChild { child: 1 });
+    g.downstream(
+        "share",
+        ToAgent::Share {
+            child: 1,
+            hash: "ab".repeat(32),
+        },
+    );
+    g.downstream(
+        "keep",
+        ToAgent::Keep {
+            code: Code {
+                hash: "ab".repeat(32),
+                zip: Some(Blob(b"PK\x05\x06".to_vec())),
+                pieces: vec![],
+            },
+        },
+    );
     g.upstream(
         "routed",
         FromAgent::Routed {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::Value;
 use spindle_controller::protocol::ModuleEntry;
-use spindle_controller::{Host, Module};
+use spindle_controller::{BecomeSpec, Host, Module};
 use spindle_tests::playbook::{root, venv};
 use spindle_tests::Testbed;
 use std::path::{Path, PathBuf};
@@ -200,6 +200,7 @@ async fn second_run_sends_no_code() -> Result<()> {
     let module = split(&ping.payload)?;
     let host = tb.connect("sp4")?;
     host.ping().await?;
+    let agent = host.link().await?.hello().pid;
     let tx = || -> Result<u64> {
         let v = std::fs::read_to_string(format!("/sys/class/net/{}/statistics/tx_bytes", th.veth))?;
         Ok(v.trim().parse()?)
@@ -236,6 +237,11 @@ async fn second_run_sends_no_code() -> Result<()> {
         .run_module("/usr/bin/python3", &command, Vec::new())
         .await?;
     let third = tx()? - t2;
+    assert_eq!(
+        host.link().await?.hello().pid,
+        agent,
+        "the agent was replaced during the test"
+    );
     eprintln!(
         "command's bundle {} bytes; its first run sent {third} bytes",
         command.zip.len()
@@ -251,6 +257,63 @@ async fn second_run_sends_no_code() -> Result<()> {
         "command's first run sent {third} bytes of a {} byte bundle",
         command.zip.len()
     );
+    Ok(())
+}
+
+/// An account reached through become gets its child agent and its module
+/// bundles from the login account's agent on the host: neither crosses the
+/// link again.
+#[tokio::test]
+async fn become_account_gets_agent_and_bundles_on_the_host() -> Result<()> {
+    let tb = Testbed::load()?;
+    let th = tb.host("sp4")?;
+    let _lock = th.lock()?;
+    let records = record(&tb, "sp4")?;
+    let ping = split(&records.first().context("no ping recorded")?.payload)?;
+    let host = tb.connect("sp4")?;
+    let root = BecomeSpec {
+        method: "sudo".into(),
+        exe: "sudo".into(),
+        flags: Vec::new(),
+        user: "root".into(),
+        password: None,
+        prompts: Vec::new(),
+        timeout: None,
+    };
+    let tx = || -> Result<u64> {
+        let v = std::fs::read_to_string(format!("/sys/class/net/{}/statistics/tx_bytes", th.veth))?;
+        Ok(v.trim().parse()?)
+    };
+    let out = host
+        .run_module("/usr/bin/python3", &ping, Vec::new())
+        .await?;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = tx()?;
+    let out = host
+        .run_module_as(Some(&root), "/usr/bin/python3", &ping, Vec::new())
+        .await?;
+    let sent = tx()? - t0;
+    eprintln!(
+        "bundle {} bytes; starting root's agent and its first run sent {sent} bytes",
+        ping.zip.len()
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"ping\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(sent < 32 << 10, "sent {sent} bytes");
     Ok(())
 }
 
