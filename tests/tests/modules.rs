@@ -201,10 +201,7 @@ async fn second_run_sends_no_code() -> Result<()> {
     let host = tb.connect("sp4")?;
     host.ping().await?;
     let agent = host.link().await?.hello().pid;
-    let tx = || -> Result<u64> {
-        let v = std::fs::read_to_string(format!("/sys/class/net/{}/statistics/tx_bytes", th.veth))?;
-        Ok(v.trim().parse()?)
-    };
+    let tx = || tx_bytes(&th.veth);
     let t0 = tx()?;
     host.run_module("/usr/bin/python3", &module, Vec::new())
         .await?;
@@ -280,10 +277,7 @@ async fn become_account_gets_agent_and_bundles_on_the_host() -> Result<()> {
         prompts: Vec::new(),
         timeout: None,
     };
-    let tx = || -> Result<u64> {
-        let v = std::fs::read_to_string(format!("/sys/class/net/{}/statistics/tx_bytes", th.veth))?;
-        Ok(v.trim().parse()?)
-    };
+    let tx = || tx_bytes(&th.veth);
     let out = host
         .run_module("/usr/bin/python3", &ping, Vec::new())
         .await?;
@@ -315,6 +309,12 @@ async fn become_account_gets_agent_and_bundles_on_the_host() -> Result<()> {
     );
     assert!(sent < 32 << 10, "sent {sent} bytes");
     Ok(())
+}
+
+/// Bytes this machine has sent to a host: its veth end's counter.
+fn tx_bytes(veth: &str) -> Result<u64> {
+    let v = std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/tx_bytes"))?;
+    Ok(v.trim().parse()?)
 }
 
 /// The oldest target Python the installed ansible-core supports (its
