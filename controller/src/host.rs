@@ -442,7 +442,11 @@ impl Host {
             cwd: module.cwd.clone(),
             pty: module.pty,
         };
-        let code = if first && !link.share_from_parent(&module.hash).await {
+        let shared = match first {
+            true => link.share_through_parent(&module.hash, &module.zip).await,
+            false => None,
+        };
+        let code = if first && shared.is_none() {
             link.code_to_send(&module.hash, &module.zip)
         } else {
             Code {
@@ -465,7 +469,12 @@ impl Host {
                 let sent = whole.without_bytes();
                 (collect(&link, req(whole)).await, sent)
             }
-            other => (other, sent),
+            other => {
+                if let (Ok(_), Some(shared)) = (&other, &shared) {
+                    link.confirm_shared(shared);
+                }
+                (other, sent)
+            }
         };
         if out.is_ok() {
             link.confirm_sent(&sent);
@@ -530,7 +539,11 @@ impl Host {
         req.size = data.len() as u64 + Splice::text_len(zip.len() as u64);
         req.data = Some(data.into());
         link.note_code(hash);
-        let code = if link.holds_code(hash) || link.share_from_parent(hash).await {
+        let shared = match link.holds_code(hash) {
+            true => None,
+            false => link.share_through_parent(hash, zip).await,
+        };
+        let code = if link.holds_code(hash) || shared.is_some() {
             Code {
                 hash: hash.to_owned(),
                 ..Code::default()
@@ -542,7 +555,12 @@ impl Host {
         req.splice = Some(Splice { at, code });
         let put = link.call(req).await;
         match &put {
-            Ok(_) => link.confirm_sent(&sent),
+            Ok(_) => {
+                if let Some(shared) = &shared {
+                    link.confirm_shared(shared);
+                }
+                link.confirm_sent(&sent)
+            }
             // Not retried (see above), but the next put sends it all.
             Err(Error::Remote(e)) if e.kind == ErrorKind::CodeMissing => link.forget_code(hash),
             Err(_) => {}

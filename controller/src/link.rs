@@ -149,6 +149,15 @@ impl Shared {
     }
 }
 
+/// How a child agent got a bundle from its parent agent.
+#[derive(Debug)]
+pub enum FromParent {
+    /// The parent held it already.
+    Held,
+    /// The parent was sent it first (these pieces of it, without bytes).
+    Sent(Code),
+}
+
 /// A connected agent. Cheap to share behind an `Arc`; dropping the last
 /// reference kills the transport, which ends the agent.
 pub struct Link {
@@ -419,22 +428,37 @@ impl Link {
         self.pieces.code(hash, zip)
     }
 
-    /// For a child agent whose parent agent holds bundle `hash`: has the
-    /// parent hand it over (see [`ToAgent::Share`]), so that it need not
-    /// cross the link again. It arrives ahead of any request sent to this
-    /// link after the call; false if there is no parent holding it.
-    pub async fn share_from_parent(&self, hash: &str) -> bool {
-        let Some((parent, child)) = &self.parent else {
-            return false;
+    /// For a child agent: has its parent agent hand bundle `zip` (hex
+    /// SHA-256 `hash`) over (see [`ToAgent::Share`]), so that a bundle
+    /// crosses the link once for all accounts. A parent not known to hold
+    /// it is sent it first, as a [`ToAgent::Keep`] with the pieces it
+    /// lacks. Either arrives ahead of any request sent to this link after
+    /// the call. `None` for a link of its own.
+    pub async fn share_through_parent(&self, hash: &str, zip: &[u8]) -> Option<FromParent> {
+        let (parent, child) = self.parent.as_ref()?;
+        let shared = if parent.holds_code(hash) {
+            FromParent::Held
+        } else {
+            parent.note_code(hash);
+            let code = parent.code_to_send(hash, zip);
+            let receipt = code.without_bytes();
+            parent.shared.send(&ToAgent::Keep { code }).await.ok()?;
+            FromParent::Sent(receipt)
         };
-        if !parent.holds_code(hash) {
-            return false;
-        }
         let share = ToAgent::Share {
             child: *child,
             hash: hash.to_owned(),
         };
-        parent.shared.send(&share).await.is_ok()
+        parent.shared.send(&share).await.ok()?;
+        Some(shared)
+    }
+
+    /// Records that a request with a bundle shared through the parent
+    /// succeeded: the parent holds what it was sent for it.
+    pub fn confirm_shared(&self, shared: &FromParent) {
+        if let (Some((parent, _)), FromParent::Sent(receipt)) = (&self.parent, shared) {
+            parent.confirm_sent(receipt);
+        }
     }
 
     /// Records that a request with `code` succeeded: the agent holds the
