@@ -155,11 +155,7 @@ pub fn put(
 ///
 /// [`Splice`]: spindle_protocol::Splice
 fn bundle_base64(bundle: &File) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut zip = vec![0; bundle.metadata()?.len() as usize];
-    // At an offset: the bundle's descriptor is shared.
-    bundle.read_exact_at(&mut zip, 0)?;
-    Ok(base64(&zip))
+    Ok(base64(&python::read_bundle(bundle)?))
 }
 
 /// Standard base64 with padding, on one line.

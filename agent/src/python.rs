@@ -458,12 +458,17 @@ fn note_pieces(store: &mut CodeStore, bundle: &Arc<File>, pieces: &[Piece]) {
 
 /// The bytes of the bundle kept under `hash`, if any.
 pub fn stored_bundle(hash: &str) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
     let file = code_store().bundles.get(hash)?.clone();
-    let mut zip = vec![0; file.metadata().ok()?.len() as usize];
+    read_bundle(&file).ok()
+}
+
+/// All of a kept bundle's bytes.
+pub fn read_bundle(bundle: &File) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut zip = vec![0; bundle.metadata()?.len() as usize];
     // At an offset: the bundle's descriptor is shared.
-    file.read_exact_at(&mut zip, 0).ok()?;
-    Some(zip)
+    bundle.read_exact_at(&mut zip, 0)?;
+    Ok(zip)
 }
 
 fn hex(bytes: &[u8]) -> String {

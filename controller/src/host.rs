@@ -442,17 +442,9 @@ impl Host {
             cwd: module.cwd.clone(),
             pty: module.pty,
         };
-        let shared = match first {
-            true => link.share_through_parent(&module.hash, &module.zip).await,
-            false => None,
-        };
-        let code = if first && shared.is_none() {
-            link.code_to_send(&module.hash, &module.zip)
-        } else {
-            Code {
-                hash: module.hash.clone(),
-                ..Code::default()
-            }
+        let (code, shared) = match first {
+            true => link.code_to_send(&module.hash, &module.zip).await,
+            false => (Code::named(&module.hash), None),
         };
         let sent = code.without_bytes();
         let (out, sent) = match collect(&link, req(code)).await {
@@ -539,17 +531,9 @@ impl Host {
         req.size = data.len() as u64 + Splice::text_len(zip.len() as u64);
         req.data = Some(data.into());
         link.note_code(hash);
-        let shared = match link.holds_code(hash) {
-            true => None,
-            false => link.share_through_parent(hash, zip).await,
-        };
-        let code = if link.holds_code(hash) || shared.is_some() {
-            Code {
-                hash: hash.to_owned(),
-                ..Code::default()
-            }
-        } else {
-            link.code_to_send(hash, zip)
+        let (code, shared) = match link.holds_code(hash) {
+            true => (Code::named(hash), None),
+            false => link.code_to_send(hash, zip).await,
         };
         let sent = code.without_bytes();
         req.splice = Some(Splice { at, code });

@@ -422,10 +422,16 @@ impl Link {
             .unwrap_or(false)
     }
 
-    /// `Code` that carries bundle `zip` (hex SHA-256 `hash`) to this
-    /// agent: the pieces it does not hold yet, named with those it does.
-    pub fn code_to_send(&self, hash: &str, zip: &[u8]) -> Code {
-        self.pieces.code(hash, zip)
+    /// `Code` that carries bundle `zip` (hex SHA-256 `hash`) to this agent:
+    /// for a child agent, through its parent on the host (named only; see
+    /// [`Link::share_through_parent`], and pass the second value to
+    /// [`Link::confirm_shared`] once a request with it succeeded);
+    /// otherwise the pieces it does not hold yet, named with those it does.
+    pub async fn code_to_send(&self, hash: &str, zip: &[u8]) -> (Code, Option<FromParent>) {
+        match self.share_through_parent(hash, zip).await {
+            Some(shared) => (Code::named(hash), Some(shared)),
+            None => (self.pieces.code(hash, zip), None),
+        }
     }
 
     /// For a child agent: has its parent agent hand bundle `zip` (hex
@@ -434,13 +440,13 @@ impl Link {
     /// it is sent it first, as a [`ToAgent::Keep`] with the pieces it
     /// lacks. Either arrives ahead of any request sent to this link after
     /// the call. `None` for a link of its own.
-    pub async fn share_through_parent(&self, hash: &str, zip: &[u8]) -> Option<FromParent> {
+    async fn share_through_parent(&self, hash: &str, zip: &[u8]) -> Option<FromParent> {
         let (parent, child) = self.parent.as_ref()?;
         let shared = if parent.holds_code(hash) {
             FromParent::Held
         } else {
             parent.note_code(hash);
-            let code = parent.code_to_send(hash, zip);
+            let code = parent.pieces.code(hash, zip);
             let receipt = code.without_bytes();
             parent.shared.send(&ToAgent::Keep { code }).await.ok()?;
             FromParent::Sent(receipt)

@@ -550,6 +550,15 @@ pub struct Code {
 }
 
 impl Code {
+    /// The bundle with hex SHA-256 `hash`, named only: for an agent that
+    /// holds it.
+    pub fn named(hash: &str) -> Code {
+        Code {
+            hash: hash.to_owned(),
+            ..Code::default()
+        }
+    }
+
     /// The same bundle named by its hash and pieces, without their bytes.
     pub fn without_bytes(&self) -> Code {
         Code {
