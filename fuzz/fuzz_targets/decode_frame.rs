@@ -1,8 +1,10 @@
 //! Feeds arbitrary bytes to the frame decoder as a stream reader would:
 //! decode, advance by the bytes consumed, stop at `None` or `Err`; once as
 //! `ToAgent` and once as `FromAgent`. Decoding must never panic or allocate by
-//! an unchecked length, and every decoded message must re-encode to a frame
-//! that decodes back equal.
+//! an unchecked length, every decoded message must re-encode to a frame
+//! that decodes back equal, and a general MessagePack decoder (rmp-serde)
+//! must read the same body as the same message: the frame decoder accepts
+//! less than a general one, never something else.
 
 #![no_main]
 
@@ -22,12 +24,18 @@ where
             "consumed {used} of {} bytes",
             buf.len()
         );
+        let body = &buf[HEADER_LEN..used];
+        match rmp_serde::from_slice::<T>(body) {
+            Ok(general) => assert_eq!(general, msg, "rmp-serde reads the body differently"),
+            Err(e) => panic!("rmp-serde refuses a body the frame decoder reads as {msg:?}: {e}"),
+        }
         buf = &buf[used..];
 
         let bytes = match frame::encode(&msg) {
             Ok(bytes) => bytes,
-            // A compact body (structs as arrays) can grow past MAX_FRAME when
-            // re-encoded with field names; that refusal is correct.
+            // A body near MAX_FRAME can grow past it when re-encoded
+            // (fields left to their defaults are written out); that
+            // refusal is correct.
             Err(FrameError::TooLarge { .. }) => continue,
             Err(e) => panic!("cannot re-encode {msg:?}: {e}"),
         };

@@ -37,7 +37,7 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 
 /// Decodes one frame body (without its length prefix).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    rmp_serde::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))
+    crate::de::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 /// Decodes the first frame in `buf`. Returns the message and the number of

@@ -13,6 +13,7 @@
 //! per-request credit window counted in frames ([`WINDOW`]).
 
 mod blob;
+mod de;
 mod error;
 pub mod frame;
 mod msg;
