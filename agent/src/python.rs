@@ -19,7 +19,6 @@
 
 use crate::ctl::Control;
 use crate::{exec, io_error, login_env, out, sys};
-use serde::Deserialize;
 use spindle_protocol::{
     Code, ErrorKind, ExecResult, LogLevel, ModuleEntry, Piece, RequestId, RunModule, WireError,
 };
@@ -69,25 +68,141 @@ enum Event {
     Failed(String),
 }
 
-#[derive(Deserialize)]
+/// One line from the runner: `op id pid code signal wall_us cpu_us
+/// message`, `-` for a code or signal it has not, the free text last.
+#[derive(Debug, Default)]
 struct Message {
     op: String,
-    #[serde(default)]
     id: u64,
-    #[serde(default)]
     pid: u32,
-    #[serde(default)]
     code: Option<i32>,
-    #[serde(default)]
     signal: Option<i32>,
-    #[serde(default)]
     message: String,
     /// For "exit": the time from handing the task to its child until it
     /// ended, and the CPU time that child (and its children) used.
-    #[serde(default)]
     wall_us: u64,
-    #[serde(default)]
     cpu_us: u64,
+}
+
+impl Message {
+    fn parse(bytes: &[u8]) -> Option<Message> {
+        let line = std::str::from_utf8(bytes).ok()?;
+        let mut f = line.splitn(8, ' ');
+        let mut next = || f.next();
+        fn opt(s: &str) -> Option<Option<i32>> {
+            match s {
+                "-" => Some(None),
+                n => n.parse().ok().map(Some),
+            }
+        }
+        Some(Message {
+            op: next()?.to_owned(),
+            id: next()?.parse().ok()?,
+            pid: next()?.parse().ok()?,
+            code: opt(next()?)?,
+            signal: opt(next()?)?,
+            wall_us: next()?.parse().ok()?,
+            cpu_us: next()?.parse().ok()?,
+            message: next()?.to_owned(),
+        })
+    }
+}
+
+/// A JSON object for the runner, written a field at a time.
+struct Json(String);
+
+impl Json {
+    fn new(op: &str) -> Json {
+        let mut j = Json(String::from("{"));
+        j.str("op", op);
+        j
+    }
+
+    fn key(&mut self, key: &str) -> &mut String {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        quote(&mut self.0, key);
+        self.0.push(':');
+        &mut self.0
+    }
+
+    fn str(&mut self, key: &str, value: &str) -> &mut Json {
+        quote(self.key(key), value);
+        self
+    }
+
+    fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Json {
+        match value {
+            Some(v) => self.str(key, v),
+            None => {
+                self.key(key).push_str("null");
+                self
+            }
+        }
+    }
+
+    fn num(&mut self, key: &str, value: u64) -> &mut Json {
+        self.key(key).push_str(&value.to_string());
+        self
+    }
+
+    fn bool(&mut self, key: &str, value: bool) -> &mut Json {
+        self.key(key).push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    fn list<'a>(&mut self, key: &str, items: impl IntoIterator<Item = &'a str>) -> &mut Json {
+        let out = self.key(key);
+        out.push('[');
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            quote(out, item);
+        }
+        out.push(']');
+        self
+    }
+
+    /// An object of strings; a repeated name counts once, its last value.
+    fn map<'a>(
+        &mut self,
+        key: &str,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> &mut Json {
+        let out = self.key(key);
+        out.push('{');
+        for (i, (k, v)) in pairs.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            quote(out, k);
+            out.push(':');
+            quote(out, v);
+        }
+        out.push('}');
+        self
+    }
+
+    fn end(&mut self) -> Vec<u8> {
+        self.0.push('}');
+        std::mem::take(&mut self.0).into_bytes()
+    }
+}
+
+/// `s` as a JSON string.
+fn quote(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// How a task's process ended.
@@ -212,7 +327,7 @@ impl Zygote {
         let mut stderr = child.stderr.take();
         let mut buf = vec![0u8; 1 << 16];
         let n = sys::recv_packet(&ours, &mut buf).map_err(|e| io_error(ctx(), e))?;
-        let ready: Option<Message> = serde_json::from_slice(&buf[..n]).ok();
+        let ready = Message::parse(&buf[..n]);
         let Some(ready) = ready.filter(|m| m.op == "ready") else {
             let _ = child.kill();
             let _ = child.wait();
@@ -268,9 +383,12 @@ impl Zygote {
         let reason = loop {
             match sys::recv_packet(&self.sock, &mut buf) {
                 Ok(0) => break "interpreter exited".to_owned(),
-                Ok(n) => match serde_json::from_slice::<Message>(&buf[..n]) {
-                    Ok(m) => self.deliver(m),
-                    Err(e) => break format!("bad message from the interpreter: {e}"),
+                Ok(n) => match Message::parse(&buf[..n]) {
+                    Some(m) => self.deliver(m),
+                    None => {
+                        let text = String::from_utf8_lossy(&buf[..n.min(200)]).into_owned();
+                        break format!("bad message from the interpreter: {text:?}");
+                    }
                 },
                 Err(e) => break format!("reading from the interpreter: {e}"),
             }
@@ -311,10 +429,8 @@ impl Zygote {
         }
     }
 
-    fn send(&self, msg: &serde_json::Value, fds: &[std::os::fd::RawFd]) -> Result<(), WireError> {
-        let bytes = serde_json::to_vec(msg)
-            .map_err(|e| WireError::new(ErrorKind::InvalidInput, e.to_string()))?;
-        sys::send_with_fds(&self.sock, &bytes, fds)
+    fn send(&self, msg: &[u8], fds: &[std::os::fd::RawFd]) -> Result<(), WireError> {
+        sys::send_with_fds(&self.sock, msg, fds)
             .map_err(|e| io_error(format_args!("talking to {}", self.python), e))
     }
 
@@ -325,7 +441,7 @@ impl Zygote {
             return Ok(());
         }
         self.send(
-            &serde_json::json!({"op": "code", "hash": hash}),
+            &Json::new("code").str("hash", hash).end(),
             &[file.as_raw_fd()],
         )?;
         loaded.insert(hash.to_owned());
@@ -513,40 +629,49 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
     } else {
         None
     };
-    let extensions: serde_json::Value = match &req.extensions {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| WireError::new(ErrorKind::InvalidInput, format!("extensions: {e}")))?,
-        None => serde_json::json!({}),
-    };
     // As a fresh login would see it, then the task's own variables.
     let login = login_env::delta();
-    let env: serde_json::Map<String, serde_json::Value> = login
+    let env: Vec<(&str, &str)> = login
         .set
-        .into_iter()
-        .chain(req.env.iter().cloned())
-        .map(|(k, v)| (k, v.into()))
+        .iter()
+        .chain(req.env.iter())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let unset: Vec<String> = login
+    let unset = login
         .unset
-        .into_iter()
-        .filter(|k| !env.contains_key(k))
-        .collect();
-    let msg = serde_json::json!({
-        "op": "run",
-        "id": id,
-        "hash": req.code.hash,
-        "entry": match req.entry { ModuleEntry::Runpy => "runpy", ModuleEntry::Loader => "loader" },
-        "fqn": req.fqn,
-        "params": if params_file.is_some() { "" } else { req.params.as_str() },
-        "params_fd": params_file.as_ref().map(|_| 3),
-        "profile": req.profile,
-        "extensions": extensions,
-        "rlimit_nofile": req.rlimit_nofile,
-        "env": env,
-        "unset": unset,
-        "cwd": req.cwd,
-        "tty": req.pty,
-    });
+        .iter()
+        .map(String::as_str)
+        .filter(|k| !env.iter().any(|(name, _)| name == k));
+    let entry = match req.entry {
+        ModuleEntry::Runpy => "runpy",
+        ModuleEntry::Loader => "loader",
+    };
+    let mut msg = Json::new("run");
+    msg.num("id", id)
+        .str("hash", &req.code.hash)
+        .str("entry", entry)
+        .str("fqn", &req.fqn)
+        .str(
+            "params",
+            if params_file.is_some() {
+                ""
+            } else {
+                &req.params
+            },
+        );
+    if params_file.is_some() {
+        msg.num("params_fd", 3);
+    }
+    // The extensions' JSON text, which the runner reads.
+    let msg = msg
+        .opt_str("profile", req.profile.as_deref())
+        .opt_str("extensions", req.extensions.as_deref())
+        .num("rlimit_nofile", req.rlimit_nofile)
+        .map("env", env.iter().copied())
+        .list("unset", unset)
+        .opt_str("cwd", req.cwd.as_deref())
+        .bool("tty", req.pty)
+        .end();
     let (tx, rx) = mpsc::sync_channel(2);
     lock(&z.waiters).insert(id, tx);
     let sent = z.send(&msg, &fds);

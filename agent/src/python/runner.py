@@ -4,8 +4,9 @@
 # Theory of operation:
 # 1. The agent starts `python -c 'import sys;exec(sys.stdin.read())'`, writes
 #    this file on its stdin and closes it. Fd 3 is a SOCK_SEQPACKET socket to
-#    the agent; every message is one packet of JSON, with descriptors passed
-#    alongside (SCM_RIGHTS).
+#    the agent; every message is one packet, with descriptors passed
+#    alongside (SCM_RIGHTS): JSON from the agent, and to it one line of
+#    fields, `op id pid code signal wall_us cpu_us message` (`send`).
 # 2. {"op": "code", "hash": H} + [memfd]: a module bundle (the AnsiballZ zip)
 #    kept in the agent's memory. basic and ansible-core's internal
 #    module_utils are imported here once per bundle, so forked children
@@ -15,10 +16,9 @@
 #    child that runs the module as the stock AnsiballZ wrapper would, with
 #    its standard streams on the given pipes (or, with "tty", on one
 #    terminal that becomes its controlling terminal; arguments too large
-#    for the message come in a memory file, "params_fd"); reply
-#    {"op": "started", "id", "pid"}, and {"op": "exit", "id", "code",
-#    "signal", "wall_us", "cpu_us"} once it has ended (the time from
-#    handing it the task, and its CPU). A child that
+#    for the message come in a memory file, "params_fd"); reply `started`
+#    with its pid, and `exit` with its code or signal once it has ended,
+#    with the time from handing it the task and its CPU. A child that
 #    finishes its task closes its pipes and leaves its exit code in its
 #    "box" (a shared page block, no descriptor a module could see) just
 #    before it exits, and signals SIGUSR1 (`collect_done`); one that dies
@@ -62,8 +62,12 @@ def recv():
     return json.loads(msg.decode("utf-8")), list(fds)
 
 
-def send(obj):
-    SOCK.sendall(json.dumps(obj).encode("utf-8"))
+def send(op, rid=0, pid=0, code=None, signum=None, wall_us=0, cpu_us=0, message=""):
+    # One line of fields for the agent, the free text last:
+    # op id pid code signal wall_us cpu_us message ("-" for no code/signal).
+    opt = lambda n: "-" if n is None else "%d" % n
+    line = "%s %d %d %s %s %d %d %s" % (op, rid, pid, opt(code), opt(signum), wall_us, cpu_us, message)
+    SOCK.sendall(line.encode("utf-8", "replace"))
 
 
 def ansible_packages():
@@ -388,7 +392,7 @@ def run_module(req, path):
             profile=req["profile"],
             module_fqn=fqn,
             modlib_path=path,
-            extensions=req.get("extensions") or {},
+            extensions=json.loads(req.get("extensions") or "{}"),
         )
     else:
         import runpy
@@ -639,14 +643,7 @@ def task_ended(pid, code, signum, cpu):
             os.rmdir(tmp)  # most modules leave it empty
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
-    send({
-        "op": "exit",
-        "id": rid,
-        "code": code,
-        "signal": signum,
-        "wall_us": int((clock() - started) * 1e6),
-        "cpu_us": int(cpu * 1e6),
-    })
+    send("exit", rid, code=code, signum=signum, wall_us=int((clock() - started) * 1e6), cpu_us=int(cpu * 1e6))
     return True
 
 
@@ -667,7 +664,7 @@ def private_tmp(remote_tmp):
         path = tempfile.mkdtemp(prefix="spindle-", dir=base)
     except OSError:
         return None
-    send({"op": "tmpdir", "message": path})
+    send("tmpdir", message=path)
     TMP[remote_tmp] = path
     changed()  # tempfile is imported now
     return path
@@ -833,7 +830,7 @@ def handle(req, fds):
         if path is None:
             for fd in fds:
                 os.close(fd)
-            send({"op": "error", "id": req["id"], "message": "code %s not loaded" % req["hash"]})
+            send("error", req["id"], message="code %s not loaded" % req["hash"])
             return
         refresh_resolver()
         compile_module(path, req["fqn"])
@@ -860,7 +857,7 @@ def handle(req, fds):
                     os.close(fd)
                 if tmp:
                     shutil.rmtree(tmp, ignore_errors=True)
-                send({"op": "error", "id": req["id"], "message": "cannot start the task: %s" % e})
+                send("error", req["id"], message="cannot start the task: %s" % e)
                 return
             if pid == 0:
                 BOX, LEARNING = box, req["learn"]
@@ -872,7 +869,7 @@ def handle(req, fds):
         for fd in fds:
             os.close(fd)
         children[pid] = [req["id"], tmp, started, req["fqn"], box, req["learn"]]
-        send({"op": "started", "id": req["id"], "pid": pid})
+        send("started", req["id"], pid)
 
 
 FREEZE = getattr(gc, "freeze", None)
@@ -882,7 +879,7 @@ for fd in (WAKE_R, WAKE_W):
 signal.set_wakeup_fd(WAKE_W)
 signal.signal(signal.SIGCHLD, lambda *_: None)
 signal.signal(signal.SIGUSR1, lambda *_: None)  # a child finished its task
-send({"op": "ready", "pid": os.getpid(), "version": list(sys.version_info[:3])})
+send("ready", pid=os.getpid())
 while True:
     try:
         ready, _, _ = select.select([SOCK, WAKE_R], [], [])
