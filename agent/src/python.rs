@@ -69,15 +69,16 @@ enum Event {
 }
 
 /// One line from the runner: `op id pid code signal wall_us cpu_us
-/// message`, `-` for a code or signal it has not, the free text last.
-#[derive(Debug, Default)]
+/// message`, `-` for a code or signal it has not, the free text last (as
+/// bytes: a path keeps the bytes it has).
+#[derive(Debug, Default, PartialEq)]
 struct Message {
     op: String,
     id: u64,
     pid: u32,
     code: Option<i32>,
     signal: Option<i32>,
-    message: String,
+    message: Vec<u8>,
     /// For "exit": the time from handing the task to its child until it
     /// ended, and the CPU time that child (and its children) used.
     wall_us: u64,
@@ -86,16 +87,15 @@ struct Message {
 
 impl Message {
     fn parse(bytes: &[u8]) -> Option<Message> {
-        let line = std::str::from_utf8(bytes).ok()?;
-        let mut f = line.splitn(8, ' ');
-        let mut next = || f.next();
+        let mut fields = bytes.splitn(8, |&b| b == b' ');
+        let mut next = || std::str::from_utf8(fields.next()?).ok();
         fn opt(s: &str) -> Option<Option<i32>> {
             match s {
                 "-" => Some(None),
                 n => n.parse().ok().map(Some),
             }
         }
-        Some(Message {
+        let mut m = Message {
             op: next()?.to_owned(),
             id: next()?.parse().ok()?,
             pid: next()?.parse().ok()?,
@@ -103,8 +103,10 @@ impl Message {
             signal: opt(next()?)?,
             wall_us: next()?.parse().ok()?,
             cpu_us: next()?.parse().ok()?,
-            message: next()?.to_owned(),
-        })
+            message: Vec::new(),
+        };
+        m.message = fields.next()?.to_vec();
+        Some(m)
     }
 }
 
@@ -223,7 +225,7 @@ struct Zygote {
     loaded: Mutex<HashSet<String>>,
     dead: Mutex<Option<String>>,
     /// The interpreter's private temporary directories (one per remote_tmp).
-    tmpdirs: Mutex<Vec<String>>,
+    tmpdirs: Mutex<Vec<std::path::PathBuf>>,
 }
 
 struct Pool {
@@ -410,9 +412,11 @@ impl Zygote {
                 wall_us: m.wall_us,
                 cpu_us: m.cpu_us,
             }),
-            "error" => Event::Failed(m.message),
+            "error" => Event::Failed(String::from_utf8_lossy(&m.message).into_owned()),
             "tmpdir" => {
-                lock(&self.tmpdirs).push(m.message);
+                use std::os::unix::ffi::OsStringExt;
+                let path = std::ffi::OsString::from_vec(m.message);
+                lock(&self.tmpdirs).push(path.into());
                 return;
             }
             _ => return,
@@ -741,5 +745,57 @@ fn wait_exit(rx: &Receiver<Event>) -> Result<Exit, WireError> {
         Ok(Event::Exit(exit)) => Ok(exit),
         Ok(Event::Failed(why)) => Err(WireError::new(ErrorKind::Io, why)),
         _ => Err(WireError::new(ErrorKind::Io, "interpreter stopped")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{quote, Json, Message};
+
+    #[test]
+    fn runner_lines() {
+        let m = Message::parse(b"exit 7 0 -1 - 1200 800 ").unwrap();
+        assert_eq!(
+            m,
+            Message {
+                op: "exit".into(),
+                id: 7,
+                code: Some(-1),
+                wall_us: 1200,
+                cpu_us: 800,
+                ..Message::default()
+            }
+        );
+        let m = Message::parse(b"tmpdir 0 0 - - 0 0 /tmp/a b\n\xff").unwrap();
+        assert_eq!(m.message, b"/tmp/a b\n\xff");
+        let m = Message::parse(b"exit 1 0 - 9 0 0 ").unwrap();
+        assert_eq!((m.code, m.signal), (None, Some(9)));
+        for bad in [
+            &b"exit 1 0 - 9 0 0"[..],
+            b"exit x 0 - - 0 0 ",
+            b"",
+            b"exit 1 0 ? - 0 0 ",
+        ] {
+            assert_eq!(Message::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn json_for_the_runner() {
+        let mut s = String::new();
+        quote(&mut s, "a\"b\\c\n\u{1}\u{7f}\u{2028}é");
+        // Control characters escaped; DEL, U+2028 and the rest as they are.
+        assert_eq!(s, "\"a\\\"b\\\\c\\u000a\\u0001\u{7f}\u{2028}é\"");
+        let msg = Json::new("run")
+            .num("id", 3)
+            .opt_str("cwd", None)
+            .bool("tty", true)
+            .list("unset", ["A", "B"])
+            .map("env", [("K", "v"), ("K", "w")])
+            .end();
+        assert_eq!(
+            String::from_utf8(msg).unwrap(),
+            r#"{"op":"run","id":3,"cwd":null,"tty":true,"unset":["A","B"],"env":{"K":"v","K":"w"}}"#
+        );
     }
 }

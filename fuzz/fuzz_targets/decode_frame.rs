@@ -4,7 +4,8 @@
 //! an unchecked length, every decoded message must re-encode to a frame
 //! that decodes back equal, and a general MessagePack decoder (rmp-serde)
 //! must read the same body as the same message: the frame decoder accepts
-//! less than a general one, never something else.
+//! less than a general one (but for unknown fields nested deeper than
+//! rmp-serde's limit), never something else.
 
 #![no_main]
 
@@ -27,6 +28,9 @@ where
         let body = &buf[HEADER_LEN..used];
         match rmp_serde::from_slice::<T>(body) {
             Ok(general) => assert_eq!(general, msg, "rmp-serde reads the body differently"),
+            // rmp-serde stops at 1024 levels of nesting; the frame decoder
+            // skips an unknown field however deep it nests.
+            Err(rmp_serde::decode::Error::DepthLimitExceeded) => {}
             Err(e) => panic!("rmp-serde refuses a body the frame decoder reads as {msg:?}: {e}"),
         }
         buf = &buf[used..];

@@ -239,7 +239,8 @@ impl<'de> Reader<'de> {
                     self.byte()?;
                     let len = self.number(1 << (marker - 0xc7))?;
                     // The extension's type byte, then its data.
-                    self.take(1 + len as usize)?;
+                    self.take(1)?;
+                    self.take(len as usize)?;
                     continue;
                 }
                 _ => return Err(Self::unexpected(marker, "a value")),
@@ -358,6 +359,11 @@ impl<'de> de::VariantAccess<'de> for Variant<'_, 'de> {
 
 impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     type Error = Error;
+
+    /// As the encoder says: types with a compact form use it.
+    fn is_human_readable(&self) -> bool {
+        false
+    }
 
     /// Only for types that decide by what they find (none of the
     /// protocol's own): every kind of value, as its natural serde value.

@@ -67,7 +67,12 @@ def send(op, rid=0, pid=0, code=None, signum=None, wall_us=0, cpu_us=0, message=
     # op id pid code signal wall_us cpu_us message ("-" for no code/signal).
     opt = lambda n: "-" if n is None else "%d" % n
     line = "%s %d %d %s %s %d %d %s" % (op, rid, pid, opt(code), opt(signum), wall_us, cpu_us, message)
-    SOCK.sendall(line.encode("utf-8", "replace"))
+    try:
+        # A path's undecodable bytes as they were.
+        data = line.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = line.encode("utf-8", "replace")
+    SOCK.sendall(data)
 
 
 def ansible_packages():
@@ -392,7 +397,7 @@ def run_module(req, path):
             profile=req["profile"],
             module_fqn=fqn,
             modlib_path=path,
-            extensions=json.loads(req.get("extensions") or "{}"),
+            extensions=req.get("extensions") or {},
         )
     else:
         import runpy
@@ -826,6 +831,14 @@ def handle(req, fds):
                 req["params"] = read_file(fd).decode("utf-8")
             finally:
                 os.close(fd)
+        try:
+            # The wrapper's extensions, as JSON text.
+            req["extensions"] = json.loads(req.get("extensions") or "{}")
+        except ValueError as e:
+            for fd in fds:
+                os.close(fd)
+            send("error", req["id"], message="the module's extensions are not JSON: %s" % e)
+            return
         path = codes.get(req["hash"], (None, None))[0]
         if path is None:
             for fd in fds:
