@@ -610,54 +610,62 @@ fn ansible(args: &Args) -> Result<()> {
                     .sum()
             };
             let target_cpu = || -> Result<f64> { hosts.iter().map(|h| testbed::cpu_ms(h)).sum() };
-            let run = |runner: &Runner| -> Result<Measured> {
-                let mut runs = Vec::new();
-                for _ in 0..args.runs.max(1) {
-                    let before = (bytes()?, controller_cpu()?, target_cpu()?);
-                    // The run and everything it starts (workers, ssh, the
-                    // Spindle controller) in one accounting group.
-                    let script = format!(
-                        "echo $$ > {}/cgroup.procs && exec \"$@\"",
-                        controller_group.display()
-                    );
-                    let mut cmd = Command::new("sh");
-                    cmd.args(["-c", &script, "sh"])
-                        .arg(venv.join("bin/ansible-playbook"))
-                        .args(["-i", &format!("{STATE_DIR}/inventory.ini")])
-                        .args(["-c", runner.connection])
-                        .arg(dir.join(file))
-                        .current_dir(&dir)
-                        .env("ANSIBLE_PIPELINING", "True")
-                        .env("ANSIBLE_FORKS", MANY_HOSTS.to_string())
-                        .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
-                        .env("ANSIBLE_CONNECTION_PLUGINS", &runner.connection_plugins)
-                        .env("SPINDLE_BIN", &spindle);
-                    if let Some((strategy, plugins)) = &runner.strategy {
-                        cmd.env("ANSIBLE_STRATEGY", strategy)
-                            .env("ANSIBLE_STRATEGY_PLUGINS", plugins);
-                    }
-                    let wall = time(|| quiet(&mut cmd))?;
-                    settle();
-                    runs.push(Measured {
-                        wall,
-                        bytes: (bytes()? - before.0) as f64,
-                        controller_cpu: controller_cpu()? - before.1,
-                        target_cpu: target_cpu()? - before.2,
-                    });
+            let run_once = |runner: &Runner| -> Result<Measured> {
+                let before = (bytes()?, controller_cpu()?, target_cpu()?);
+                // The run and everything it starts (workers, ssh, the
+                // Spindle controller) in one accounting group.
+                let script = format!(
+                    "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                    controller_group.display()
+                );
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", &script, "sh"])
+                    .arg(venv.join("bin/ansible-playbook"))
+                    .args(["-i", &format!("{STATE_DIR}/inventory.ini")])
+                    .args(["-c", runner.connection])
+                    .arg(dir.join(file))
+                    .current_dir(&dir)
+                    .env("ANSIBLE_PIPELINING", "True")
+                    .env("ANSIBLE_FORKS", MANY_HOSTS.to_string())
+                    .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
+                    .env("ANSIBLE_CONNECTION_PLUGINS", &runner.connection_plugins)
+                    .env("SPINDLE_BIN", &spindle);
+                if let Some((strategy, plugins)) = &runner.strategy {
+                    cmd.env("ANSIBLE_STRATEGY", strategy)
+                        .env("ANSIBLE_STRATEGY_PLUGINS", plugins);
                 }
-                Ok(Measured::median(&runs))
-            };
-            // A runner that fails (Mitogen with an ansible-core it does not
-            // support, say) is reported as such; the others still run.
-            let results: Vec<Option<Measured>> = runners
-                .iter()
-                .map(|r| match run(r) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        eprintln!("{} on {name} at {rtt} ms failed: {e:#}", r.name);
-                        None
-                    }
+                let wall = time(|| quiet(&mut cmd))?;
+                settle();
+                Ok(Measured {
+                    wall,
+                    bytes: (bytes()? - before.0) as f64,
+                    controller_cpu: controller_cpu()? - before.1,
+                    target_cpu: target_cpu()? - before.2,
                 })
+            };
+            // Round by round, every runner once per round: this machine
+            // has slow spells lasting a few runs, which would otherwise
+            // fall on one runner's runs alone. A runner that fails
+            // (Mitogen with an ansible-core it does not support, say) is
+            // reported as such and left out of later rounds; the others
+            // still run.
+            let mut runs: Vec<Option<Vec<Measured>>> =
+                runners.iter().map(|_| Some(Vec::new())).collect();
+            for _ in 0..args.runs.max(1) {
+                for (runner, done) in runners.iter().zip(runs.iter_mut()) {
+                    let Some(list) = done else { continue };
+                    match run_once(runner) {
+                        Ok(m) => list.push(m),
+                        Err(e) => {
+                            eprintln!("{} on {name} at {rtt} ms failed: {e:#}", runner.name);
+                            *done = None;
+                        }
+                    }
+                }
+            }
+            let results: Vec<Option<Measured>> = runs
+                .into_iter()
+                .map(|r| r.map(|list| Measured::median(&list)))
                 .collect();
             let cell = |m: &Option<Measured>| match m {
                 Some(m) => format!("{:.2} s", m.wall / 1e3),
