@@ -98,7 +98,7 @@ pub fn share(child: u32, hash: &str) {
         code: Code {
             hash: hash.to_owned(),
             zip: Some(zip.into()),
-            pieces: Vec::new(),
+            ..Code::default()
         },
     };
     match frame::encode(&keep) {

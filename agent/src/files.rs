@@ -105,12 +105,16 @@ pub fn put(
             }
             None => receive(id, &req, &mut file, control, data)?,
         };
-        if written != req.size {
+        // A splice's text is the agent's own: `size` counts the rest.
+        let expected = req
+            .size
+            .saturating_add(spliced.as_ref().map_or(0, |(_, t)| t.len() as u64));
+        if written != expected {
             return Err(WireError::new(
                 ErrorKind::InvalidInput,
                 format!(
-                    "{}: expected {} bytes, received {written}",
-                    req.path, req.size
+                    "{}: expected {expected} bytes, received {written}",
+                    req.path
                 ),
             ));
         }

@@ -20,7 +20,8 @@
 use crate::ctl::Control;
 use crate::{exec, io_error, login_env, out, sys};
 use spindle_protocol::{
-    Code, ErrorKind, ExecResult, LogLevel, ModuleEntry, Piece, RequestId, RunModule, WireError,
+    bundle, lzma, Code, ErrorKind, ExecResult, LogLevel, Member, ModuleEntry, RequestId, RunModule,
+    WireError,
 };
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -36,7 +37,8 @@ use std::time::{Duration, Instant};
 /// MiB); twenty covers every realistic mix of Python paths on one host.
 pub const MAX_INTERPRETERS: usize = 20;
 
-const RUNNER: &str = include_str!("python/runner.py");
+/// `python/runner.py` with its comment lines blanked (see `build.rs`).
+const RUNNER: &str = include_str!(concat!(env!("OUT_DIR"), "/runner.py"));
 
 /// Largest module arguments sent inside the run message: a packet to the
 /// interpreter may not exceed the socket's send buffer (about 200 KiB by
@@ -47,13 +49,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Bundles by hash, each in a memfd, and where each piece they came in
-/// lies: (bundle, offset, length) by key.
+/// Bundles by hash, each in a memfd, and where each member content they
+/// hold lies: (bundle, offset, length) by key.
 #[derive(Default)]
 struct CodeStore {
-    bundles: HashMap<String, Arc<File>>,
-    pieces: HashMap<Vec<u8>, (Arc<File>, u64, usize)>,
+    /// Each with whether it was rebuilt from members (so laid out as
+    /// [`note_contents`] expects).
+    bundles: HashMap<String, (Arc<File>, bool)>,
+    contents: HashMap<Vec<u8>, (Arc<File>, u64, usize)>,
 }
+
+/// Largest bundle an agent rebuilds from members: module code, plain.
+const MAX_BUNDLE: usize = 64 << 20;
 
 fn code_store() -> MutexGuard<'static, CodeStore> {
     static STORE: OnceLock<Mutex<CodeStore>> = OnceLock::new();
@@ -474,111 +481,137 @@ fn forward_stderr(python: &str, mut err: impl Read) {
 }
 
 /// Bundle `code`: the one this agent keeps under its hash, or the one it
-/// carries, whole or in pieces (kept from now on, sealed).
+/// carries, whole or as members (kept from now on, sealed).
 pub fn bundle(code: &mut Code) -> Result<Arc<File>, WireError> {
-    use std::os::unix::fs::FileExt;
     let mut store = code_store();
-    if let Some(f) = store.bundles.get(&code.hash).cloned() {
-        // Kept from another request (one that carried it whole, say): the
-        // pieces this one names lie in it too, and the controller will
-        // count on them from now on.
-        note_pieces(&mut store, &f, &code.pieces);
+    if let Some((f, rebuilt)) = store.bundles.get(&code.hash).cloned() {
+        // Kept from another request: when that one was rebuilt from
+        // members, the members this one names lie in it too, and the
+        // controller will count on them from now on.
+        if rebuilt {
+            note_contents(&mut store, &f, &code.members);
+        }
         return Ok(f);
     }
-    let hash = code.hash.clone();
-    let missing = |what: String| {
-        WireError::new(
-            ErrorKind::CodeMissing,
-            format!("module code {hash} is not cached{what}"),
-        )
+    let rebuilt = code.zip.is_none();
+    let zip = match code.zip.take() {
+        Some(zip) => zip.0,
+        None if !code.members.is_empty() => rebuild(&store, code)?,
+        None => {
+            return Err(WireError::new(
+                ErrorKind::CodeMissing,
+                format!("module code {} is not cached", code.hash),
+            ))
+        }
     };
+    let store_error = |e| io_error("storing module code", e);
     let mut file =
         sys::memfd(c"spindle-module").map_err(|e| io_error("creating a memory file", e))?;
-    let store_error = |e| io_error("storing module code", e);
-    if let Some(zip) = code.zip.take() {
-        file.write_all(zip.as_ref()).map_err(store_error)?;
-    } else if !code.pieces.is_empty() {
-        let mut at = 0usize;
-        for piece in &code.pieces {
-            let len = match &piece.data {
-                Some(data) => {
-                    file.write_all(data.as_ref()).map_err(store_error)?;
-                    data.as_ref().len()
-                }
-                None => {
-                    let key = piece.key.as_ref().ok_or_else(|| {
-                        WireError::new(
-                            ErrorKind::Protocol,
-                            "a module code piece with neither key nor data",
-                        )
-                    })?;
-                    let (held, offset, len) = store.pieces.get(key.as_ref()).ok_or_else(|| {
-                        missing(format!(" (nor its piece {})", hex(key.as_ref())))
-                    })?;
-                    let mut bytes = vec![0; *len];
-                    // At an offset: the bundle's descriptor is shared.
-                    held.read_exact_at(&mut bytes, *offset)
-                        .and_then(|_| file.write_all(&bytes))
-                        .map_err(store_error)?;
-                    *len
-                }
-            };
-            at += len;
-            // A bundle came in one frame once: it is never larger.
-            if at > spindle_protocol::MAX_FRAME {
-                return Err(WireError::new(
-                    ErrorKind::Protocol,
-                    format!("module code {hash} joins into more than a frame"),
-                ));
-            }
-        }
-    } else {
-        return Err(missing(String::new()));
-    }
+    file.write_all(&zip).map_err(store_error)?;
     // A module may reach its bundle through the interpreter's /proc entry:
-    // it must not change what later tasks, and bundles sharing its pieces,
-    // are made of.
+    // it must not change what later tasks, and bundles sharing its
+    // contents, are made of.
     sys::seal(&file).map_err(|e| io_error("sealing module code", e))?;
     let file = Arc::new(file);
-    note_pieces(&mut store, &file, &code.pieces);
-    code.pieces.clear();
-    store.bundles.insert(hash, file.clone());
+    if rebuilt {
+        note_contents(&mut store, &file, &code.members);
+    }
+    code.members.clear();
+    code.packed = None;
+    store
+        .bundles
+        .insert(code.hash.clone(), (file.clone(), rebuilt));
     Ok(file)
 }
 
-/// Records where in `bundle` each of `pieces` lies, unless it is known
-/// already. All or nothing: not when a piece's length is unknown (no data,
-/// not held), nor when the pieces do not add up to the bundle.
-fn note_pieces(store: &mut CodeStore, bundle: &Arc<File>, pieces: &[Piece]) {
-    let mut lens = Vec::with_capacity(pieces.len());
-    for p in pieces {
-        let held = p.key.as_ref().and_then(|k| store.pieces.get(k.as_ref()));
-        let len = match (&p.data, held) {
-            (Some(data), _) => data.as_ref().len(),
-            (None, Some(&(_, _, len))) => len,
-            (None, None) => return,
-        };
-        lens.push(len);
+/// The zip of `code`'s members (see [`spindle_protocol::bundle`]): each
+/// content held under its key, or an earlier member's, or next in the
+/// unpacked `packed` stream; every one checked against its CRC.
+fn rebuild(store: &CodeStore, code: &Code) -> Result<Vec<u8>, WireError> {
+    let hash = &code.hash;
+    let protocol =
+        |what: String| WireError::new(ErrorKind::Protocol, format!("module code {hash}: {what}"));
+    if bundle::stored_len(&code.members) > MAX_BUNDLE {
+        return Err(protocol(format!("larger than {MAX_BUNDLE} bytes")));
     }
-    let total: usize = lens.iter().sum();
-    if bundle.metadata().map(|m| m.len()).ok() != Some(total as u64) {
+    let members = &code.members;
+    let fresh: usize = members
+        .iter()
+        .filter(|m| m.packed)
+        .map(|m| m.size as usize)
+        .sum();
+    let unpacked = match &code.packed {
+        Some(packed) => {
+            lzma::decode(packed.as_ref(), fresh).map_err(|e| protocol(e.to_string()))?
+        }
+        None => Vec::new(),
+    };
+    if unpacked.len() != fresh {
+        return Err(protocol(format!(
+            "{} bytes unpacked, {fresh} expected",
+            unpacked.len()
+        )));
+    }
+    // An earlier member with the same content (a bundle has a few dozen
+    // members: a linear search will do).
+    let earlier = |i: usize| members[..i].iter().position(|e| e.key == members[i].key);
+    let mut starts = Vec::with_capacity(members.len());
+    let mut next = 0;
+    let zip = bundle::write_stored(members, |start, m, zip| {
+        use std::os::unix::fs::FileExt;
+        let size = m.size as usize;
+        if m.packed {
+            zip.extend_from_slice(&unpacked[next..next + size]);
+            next += size;
+        } else if let Some((held, offset, len)) = store.contents.get(m.key.as_ref()) {
+            let mut bytes = vec![0; *len];
+            // At an offset: the bundle's descriptor is shared.
+            held.read_exact_at(&mut bytes, *offset)
+                .map_err(|e| io_error("reading kept module code", e))?;
+            zip.extend_from_slice(&bytes);
+        } else if let Some(e) = earlier(starts.len()) {
+            let at: usize = starts[e];
+            zip.extend_from_within(at..at + size.min(zip.len() - at));
+        } else {
+            return Err(WireError::new(
+                ErrorKind::CodeMissing,
+                format!("module code {hash} is not cached (nor member {})", m.name),
+            ));
+        }
+        if zip.len() - start != size || bundle::crc32(&zip[start..]) != m.crc {
+            return Err(protocol(format!(
+                "member {} does not match its checksum",
+                m.name
+            )));
+        }
+        starts.push(start);
+        Ok(())
+    })?;
+    zip.ok_or_else(|| protocol("does not fit a zip".into()))
+}
+
+/// Records where in `bundle`, the zip the agent wrote of `members` (or of
+/// members with the same names and sizes: a bundle's hash fixes them),
+/// each member's content lies, unless it is known already.
+fn note_contents(store: &mut CodeStore, bundle: &Arc<File>, members: &[Member]) {
+    if bundle.metadata().map(|m| m.len()).ok() != Some(bundle::stored_len(members) as u64) {
         return;
     }
     let mut at = 0u64;
-    for (p, len) in pieces.iter().zip(lens) {
-        if let Some(key) = &p.key {
-            store
-                .pieces
-                .entry(key.as_ref().to_vec())
-                .or_insert_with(|| (bundle.clone(), at, len));
-        }
-        at += len as u64;
+    for m in members {
+        // Each member's data follows its 30-byte local header and name.
+        at += 30 + m.name.len() as u64;
+        store
+            .contents
+            .entry(m.key.as_ref().to_vec())
+            .or_insert_with(|| (bundle.clone(), at, m.size as usize));
+        at += m.size as u64;
     }
 }
 
 /// The bytes of the bundle kept under `hash`, if any.
 pub fn stored_bundle(hash: &str) -> Option<Vec<u8>> {
-    let file = code_store().bundles.get(hash)?.clone();
+    let (file, _) = code_store().bundles.get(hash)?.clone();
     read_bundle(&file).ok()
 }
 
@@ -589,10 +622,6 @@ pub fn read_bundle(bundle: &File) -> std::io::Result<Vec<u8>> {
     // At an offset: the bundle's descriptor is shared.
     bundle.read_exact_at(&mut zip, 0)?;
     Ok(zip)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecResult, WireError> {
@@ -750,7 +779,28 @@ fn wait_exit(rx: &Receiver<Event>) -> Result<Exit, WireError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{quote, Json, Message};
+    use super::{quote, Json, Message, RUNNER};
+
+    /// The runner as embedded differs from its source by comments only:
+    /// Python parses both to the same tree.
+    #[test]
+    fn the_runner_loses_only_comments() {
+        let script = "import ast, sys\n\
+            a, b = (ast.dump(ast.parse(open(p).read())) for p in sys.argv[1:])\n\
+            sys.exit(a != b)\n";
+        let embedded =
+            std::env::temp_dir().join(format!("spindle-runner-{}.py", std::process::id()));
+        std::fs::write(&embedded, RUNNER).expect("writes");
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/src/python/runner.py");
+        let status = std::process::Command::new("python3")
+            .args(["-c", script, source])
+            .arg(&embedded)
+            .status()
+            .expect("python3 runs");
+        let _ = std::fs::remove_file(&embedded);
+        assert!(status.success(), "the embedded runner parses differently");
+        assert!(RUNNER.len() < include_str!("python/runner.py").len());
+    }
 
     #[test]
     fn runner_lines() {

@@ -248,6 +248,16 @@ impl Host {
         Ok(link)
     }
 
+    /// Whether the login link is still to be made (or being made), so that
+    /// a request for `account` waits for it.
+    fn link_pending(&self, account: Option<&BecomeSpec>) -> bool {
+        account.is_none()
+            && match self.link.try_lock() {
+                Ok(slot) => slot.as_ref().is_none_or(|l| l.is_dead()),
+                Err(_) => true,
+            }
+    }
+
     /// The link for `account` (the login account's for `None`):
     /// a child agent started through the login agent on first use and
     /// kept, so the account switch happens once per account.
@@ -426,6 +436,10 @@ impl Host {
         module: &Module,
         env: Vec<(String, String)>,
     ) -> Result<ExecOutput> {
+        if self.link_pending(account) {
+            // Packing the bundle for the new agent overlaps the connection.
+            crate::members::prepare(&module.hash, &module.zip);
+        }
         let link = self.link_as(account).await?;
         let first = link.note_code(&module.hash);
         let req = |code: Code| RunModule {
@@ -456,7 +470,7 @@ impl Host {
                 let whole = Code {
                     hash: module.hash.clone(),
                     zip: Some(module.zip.to_vec().into()),
-                    pieces: Vec::new(),
+                    ..Code::default()
                 };
                 let sent = whole.without_bytes();
                 (collect(&link, req(whole)).await, sent)
@@ -528,7 +542,7 @@ impl Host {
     ) -> Result<PutResult> {
         let link = self.link_as(account).await?;
         let (zip, hash) = bundle;
-        req.size = data.len() as u64 + Splice::text_len(zip.len() as u64);
+        req.size = data.len() as u64;
         req.data = Some(data.into());
         link.note_code(hash);
         let (code, shared) = match link.holds_code(hash) {

@@ -13,7 +13,7 @@ pub mod chain;
 mod error;
 mod host;
 mod link;
-mod pieces;
+mod members;
 pub mod serve;
 pub mod transport;
 

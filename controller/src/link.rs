@@ -19,7 +19,7 @@
 
 use crate::agents::AgentStore;
 use crate::error::{Error, Result};
-use crate::pieces::Held;
+use crate::members::Held;
 use crate::transport::{Destination, Transport};
 use spindle_bootstrap::BootLine;
 use spindle_protocol::{
@@ -154,7 +154,7 @@ impl Shared {
 pub enum FromParent {
     /// The parent held it already.
     Held,
-    /// The parent was sent it first (these pieces of it, without bytes).
+    /// The parent was sent it first (as these members, without contents).
     Sent(Code),
 }
 
@@ -166,8 +166,8 @@ pub struct Link {
     /// Module bundles (by hash) this agent has been sent, and whether a
     /// request that carried or used one has succeeded (so it holds it).
     codes: Mutex<HashMap<String, bool>>,
-    /// The bundle pieces the agent holds (see [`crate::pieces`]).
-    pieces: Held,
+    /// The bundle members' contents the agent holds (see [`crate::members`]).
+    contents: Held,
     _child: Option<Child>,
     /// For a child agent: the link it travels on (kept alive with it) and
     /// the number the parent agent knows it by.
@@ -325,7 +325,7 @@ impl Link {
             shared,
             hello,
             codes: Mutex::default(),
-            pieces: Held::default(),
+            contents: Held::default(),
             _child: child,
             parent: None,
             commands: Default::default(),
@@ -384,7 +384,7 @@ impl Link {
             shared,
             hello,
             codes: Mutex::default(),
-            pieces: Held::default(),
+            contents: Held::default(),
             _child: None,
             parent: Some((parent.clone(), child)),
             commands: Default::default(),
@@ -426,18 +426,18 @@ impl Link {
     /// for a child agent, through its parent on the host (named only; see
     /// [`Link::share_through_parent`], and pass the second value to
     /// [`Link::confirm_shared`] once a request with it succeeded);
-    /// otherwise the pieces it does not hold yet, named with those it does.
+    /// otherwise its members, with the contents it does not hold yet.
     pub async fn code_to_send(&self, hash: &str, zip: &[u8]) -> (Code, Option<FromParent>) {
         match self.share_through_parent(hash, zip).await {
             Some(shared) => (Code::named(hash), Some(shared)),
-            None => (self.pieces.code(hash, zip), None),
+            None => (self.contents.code(hash, zip).await, None),
         }
     }
 
     /// For a child agent: has its parent agent hand bundle `zip` (hex
     /// SHA-256 `hash`) over (see [`ToAgent::Share`]), so that a bundle
     /// crosses the link once for all accounts. A parent not known to hold
-    /// it is sent it first, as a [`ToAgent::Keep`] with the pieces it
+    /// it is sent it first, as a [`ToAgent::Keep`] with the contents it
     /// lacks. Either arrives ahead of any request sent to this link after
     /// the call. `None` for a link of its own.
     async fn share_through_parent(&self, hash: &str, zip: &[u8]) -> Option<FromParent> {
@@ -446,7 +446,7 @@ impl Link {
             FromParent::Held
         } else {
             parent.note_code(hash);
-            let code = parent.pieces.code(hash, zip);
+            let code = parent.contents.code(hash, zip).await;
             let receipt = code.without_bytes();
             parent.shared.send(&ToAgent::Keep { code }).await.ok()?;
             FromParent::Sent(receipt)
@@ -468,16 +468,17 @@ impl Link {
     }
 
     /// Records that a request with `code` succeeded: the agent holds the
-    /// bundle and every piece `code` named.
+    /// bundle and the content of every member `code` named.
     pub fn confirm_sent(&self, code: &Code) {
         self.confirm_code(&code.hash);
-        self.pieces.confirm(code);
+        self.contents.confirm(code);
     }
 
-    /// Forgets bundle `hash` (the agent said it does not hold it, or one of
-    /// its pieces: the pieces it holds are forgotten too).
+    /// Forgets bundle `hash` (the agent said it does not hold it, or the
+    /// content of one of its members: the contents it holds are forgotten
+    /// too).
     pub fn forget_code(&self, hash: &str) {
-        self.pieces.forget();
+        self.contents.forget();
         self.codes
             .lock()
             .unwrap_or_else(|e| e.into_inner())

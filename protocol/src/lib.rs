@@ -1,9 +1,11 @@
 //! Spindle's wire protocol between the controller and its agents.
 //!
 //! This crate does no IO and has no runtime: it defines the messages that cross
-//! the SSH channel and the frame codec that delimits them. It is the only crate
-//! whose types cross a process boundary, so every change here must keep old
-//! peers decoding: fields and variants are only ever added.
+//! the SSH channel and the frame codec that delimits them, with the two
+//! formats module code crosses in ([`bundle`], [`lzma`]). It is the only
+//! crate whose types cross a process boundary: fields and variants are
+//! added, never changed. A controller talks only to agents of its own build,
+//! so a field nothing sends any more can go.
 //!
 //! A frame is a big-endian `u32` body length followed by a MessagePack body
 //! encoded with named fields ([`frame`]). The controller sends [`ToAgent`]
@@ -13,9 +15,11 @@
 //! per-request credit window counted in frames ([`WINDOW`]).
 
 mod blob;
+pub mod bundle;
 mod de;
 mod error;
 pub mod frame;
+pub mod lzma;
 mod msg;
 
 pub use blob::Blob;

@@ -359,26 +359,20 @@ pub struct Put {
     #[serde(default, skip_serializing_if = "is_false")]
     pub scratch: bool,
     /// Content the agent makes itself, inserted into `data` (which must be
-    /// inline); `size` counts it.
+    /// inline); `size` does not count it (the agent knows its length).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub splice: Option<Splice>,
 }
 
 /// The base64 (standard alphabet, padded, one line) of module bundle
-/// `code`, inserted into a [`Put`]'s `data` at byte `at`. A module Ansible
-/// puts as a file (`AnsiballZ_*.py`) carries its bundle so, and the agent
-/// usually holds that bundle already: only the rest of the file travels.
+/// `code` as the agent keeps it, inserted into a [`Put`]'s `data` at byte
+/// `at`. A module Ansible puts as a file (`AnsiballZ_*.py`) carries its
+/// bundle so, and the agent usually holds that bundle already: only the
+/// rest of the file travels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Splice {
     pub at: u64,
     pub code: Code,
-}
-
-impl Splice {
-    /// Length of the base64 text of a bundle of `zip_len` bytes.
-    pub fn text_len(zip_len: u64) -> u64 {
-        zip_len.div_ceil(3) * 4
-    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -533,20 +527,26 @@ pub struct RunModule {
 
 /// A module bundle by content hash. The bundle travels only when the
 /// controller believes the agent does not hold it yet, either whole (`zip`)
-/// or as `pieces`; an agent missing it, or a piece of it, answers
+/// or as `members`; an agent missing it, or a member's content, answers
 /// [`crate::ErrorKind::CodeMissing`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Code {
-    /// Hex SHA-256 of the bundle.
+    /// Hex SHA-256 of the bundle as Ansible built it.
     pub hash: String,
+    /// The bundle whole, kept as it comes.
     #[serde(default)]
     pub zip: Option<Blob>,
-    /// The bundle as consecutive byte ranges (a zip cut around each
-    /// member's compressed data), joined in order. A keyed piece without
-    /// `data` is one the agent got with an earlier bundle: the members
-    /// bundles share (module_utils) cross the link once.
+    /// The bundle as its files, in order: the agent keeps them as a zip of
+    /// its own ([`crate::bundle`]). A member's content comes from `packed`
+    /// when the member says so, otherwise from what the agent holds under
+    /// its key, from an earlier bundle or an earlier member of this one:
+    /// the module_utils that bundles share cross the link once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pieces: Vec<Piece>,
+    pub members: Vec<Member>,
+    /// The contents of the members marked `packed`, one after another, as
+    /// one `.lzma` stream ([`crate::lzma`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<Blob>,
 }
 
 impl Code {
@@ -559,33 +559,36 @@ impl Code {
         }
     }
 
-    /// The same bundle named by its hash and pieces, without their bytes.
+    /// The same bundle named by its hash and members, without contents.
     pub fn without_bytes(&self) -> Code {
         Code {
             hash: self.hash.clone(),
             zip: None,
-            pieces: self
-                .pieces
-                .iter()
-                .map(|p| Piece {
-                    key: p.key.clone(),
-                    data: None,
-                })
-                .collect(),
+            members: self.members.clone(),
+            packed: None,
         }
     }
 }
 
-/// One piece of a [`Code`]. A shareable piece has a key (the first 16
-/// bytes of its SHA-256) and its bytes unless the agent has it already;
-/// one without a key (glue: headers, the zip's directory) always carries
-/// its bytes.
+/// One file of a [`Code`]: what a zip's directory says of it, and the key
+/// its content is known by (the first 16 bytes of the content's SHA-256).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Piece {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<Blob>,
-    #[serde(default)]
-    pub data: Option<Blob>,
+pub struct Member {
+    pub name: String,
+    pub key: Blob,
+    pub size: u32,
+    /// CRC-32 of the content, as the zip records it.
+    pub crc: u32,
+    /// Modification time as a zip records it: DOS date << 16 | DOS time.
+    pub time: u32,
+    /// A zip's external attributes: the Unix mode in the high 16 bits.
+    pub attrs: u32,
+    /// The content is next in [`Code::packed`]. The controller says so
+    /// rather than the agent inferring it from what it holds: the two may
+    /// know of different contents (a request that failed after its bundle
+    /// was kept, say).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub packed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -269,7 +269,7 @@ fn golden_encodings() {
                 code: Code {
                     hash: "ab".repeat(32),
                     zip: Some(Blob(b"PK\x05".to_vec())),
-                    pieces: vec![],
+                    ..Code::default()
                 },
             }),
             ..Put::default()
@@ -352,7 +352,7 @@ fn golden_encodings() {
             code: Code {
                 hash: "ab".repeat(32),
                 zip: Some(Blob::from(&b"PK\x03\x04"[..])),
-                pieces: vec![],
+                ..Code::default()
             },
             entry: ModuleEntry::Loader,
             fqn: "ansible.modules.ping".into(),
@@ -374,7 +374,7 @@ fn golden_encodings() {
             code: Code {
                 hash: "ab".repeat(32),
                 zip: None,
-                pieces: vec![],
+                ..Code::default()
             },
             entry: ModuleEntry::Runpy,
             fqn: "ansible.modules.command".into(),
@@ -396,20 +396,27 @@ fn golden_encodings() {
             code: Code {
                 hash: "cd".repeat(32),
                 zip: None,
-                pieces: vec![
-                    Piece {
-                        key: None,
-                        data: Some(Blob(b"PK\x03\x04".to_vec())),
+                members: vec![
+                    Member {
+                        name: "ansible/__init__.py".into(),
+                        key: Blob(vec![0x11; 16]),
+                        size: 0,
+                        crc: 0,
+                        time: 0x5b7b_0000,
+                        attrs: 0o100644 << 16,
+                        packed: false,
                     },
-                    Piece {
-                        key: Some(Blob(vec![0x11; 16])),
-                        data: None,
-                    },
-                    Piece {
-                        key: Some(Blob(vec![0x22; 16])),
-                        data: Some(Blob(b"import sys".to_vec())),
+                    Member {
+                        name: "ansible/modules/stat.py".into(),
+                        key: Blob(vec![0x22; 16]),
+                        size: 10,
+                        crc: 0x1234_5678,
+                        time: 0x5b7b_6e3c,
+                        attrs: 0o100644 << 16,
+                        packed: true,
                     },
                 ],
+                packed: Some(Blob(vec![0x5d, 0, 0, 0x80, 0])),
             },
             entry: ModuleEntry::Loader,
             fqn: "ansible.modules.stat".into(),
@@ -431,7 +438,7 @@ fn golden_encodings() {
             code: Code {
                 hash: "ef".repeat(32),
                 zip: None,
-                pieces: vec![],
+                ..Code::default()
             },
             entry: ModuleEntry::Loader,
             fqn: "ansible.modules.command".into(),
@@ -744,7 +751,7 @@ fn golden_encodings() {
             code: Code {
                 hash: "ab".repeat(32),
                 zip: Some(Blob(b"PK\x05\x06".to_vec())),
-                pieces: vec![],
+                ..Code::default()
             },
         },
     );

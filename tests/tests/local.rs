@@ -380,7 +380,7 @@ async fn spliced_put_inserts_the_bundle_base64() {
                 code: Code {
                     hash: "00".repeat(32),
                     zip: Some(b"x".to_vec().into()),
-                    pieces: vec![],
+                    ..Default::default()
                 },
             }),
             ..Put::new(path.clone())
