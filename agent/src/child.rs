@@ -692,17 +692,19 @@ fn take_boot_line(out: &mut Vec<u8>) -> Result<Option<BootLine>, String> {
 }
 
 /// This agent's binary, uncompressed: it only crosses a pipe, and the child
-/// skips decompressing it.
+/// skips decompressing it. Sent whatever architecture the stage reports: it
+/// can differ only where this agent runs emulated (qemu-user), and there
+/// the kernel hands the child to the same emulator.
 fn send_agent(stdin: &mut File, boot: &BootLine) -> Result<(), WireError> {
     if boot.arch != std::env::consts::ARCH {
-        return Err(WireError::new(
-            ErrorKind::Unsupported,
+        out::log(
+            LogLevel::Warn,
             format!(
-                "child agent wants {}, this agent is {}",
+                "the child's stage reports {}, this agent is {}: sending it all the same",
                 boot.arch,
                 std::env::consts::ARCH
             ),
-        ));
+        );
     }
     let blob = std::fs::read("/proc/self/exe").map_err(|e| io_error("reading this agent", e))?;
     let header = match boot.codec {

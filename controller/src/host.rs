@@ -73,6 +73,7 @@ impl Controller {
                     target,
                     agents: self.agents.clone(),
                     link: tokio::sync::Mutex::new(None),
+                    linked: Default::default(),
                     accounts: tokio::sync::Mutex::default(),
                     max_accounts: self.max_accounts,
                     connect_timeout: self.connect_timeout,
@@ -88,6 +89,8 @@ pub struct Host {
     target: Target,
     agents: Arc<AgentStore>,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    /// Set while `link` holds a link that was up when last looked at.
+    linked: std::sync::atomic::AtomicBool,
     /// Child agents under other accounts, by how they were reached, with
     /// when each was last handed out.
     accounts: tokio::sync::Mutex<HashMap<AccountKey, (Arc<Link>, std::time::Instant)>>,
@@ -226,11 +229,13 @@ impl Host {
     /// The live link, connecting (or reconnecting) first if needed.
     #[tracing::instrument(level = "debug", skip(self), fields(host = %self.target.dest))]
     pub async fn link(&self) -> Result<Arc<Link>> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut slot = self.link.lock().await;
         if let Some(link) = slot.as_ref().filter(|l| !l.is_dead()) {
             return Ok(link.clone());
         }
         *slot = None;
+        self.linked.store(false, Relaxed);
         let (link, shared_login) = tokio::join!(
             Link::connect(
                 &self.target.transport,
@@ -245,17 +250,14 @@ impl Host {
         // Not part of whatever chain of steps the caller is in.
         crate::chain::outside(configure(&link, shared_login)).await?;
         *slot = Some(link.clone());
+        self.linked.store(true, Relaxed);
         Ok(link)
     }
 
-    /// Whether the login link is still to be made (or being made), so that
-    /// a request for `account` waits for it.
+    /// Whether the login link is still to be made (or being made, or made
+    /// again after it died), so that a request for `account` waits for it.
     fn link_pending(&self, account: Option<&BecomeSpec>) -> bool {
-        account.is_none()
-            && match self.link.try_lock() {
-                Ok(slot) => slot.as_ref().is_none_or(|l| l.is_dead()),
-                Err(_) => true,
-            }
+        account.is_none() && !self.linked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The link for `account` (the login account's for `None`):

@@ -162,14 +162,19 @@ fn key(bytes: &[u8]) -> Key {
 }
 
 /// [`Unpacked::read`] of the bundle with hex SHA-256 `hash`, made once per
-/// run.
-pub fn unpacked_of(hash: &str, zip: &[u8]) -> Option<Arc<Unpacked>> {
-    static UNPACKED: OnceLock<Mutex<HashMap<String, Option<Arc<Unpacked>>>>> = OnceLock::new();
+/// run (on a blocking thread: inflating and hashing a large bundle takes a
+/// while).
+pub async fn unpacked_of(hash: &str, zip: &[u8]) -> Option<Arc<Unpacked>> {
+    type Cache = Mutex<HashMap<String, Option<Arc<Unpacked>>>>;
+    static UNPACKED: OnceLock<Cache> = OnceLock::new();
     let cache = UNPACKED.get_or_init(Default::default);
     if let Some(u) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(hash) {
         return u.clone();
     }
-    let u = Unpacked::read(zip).map(Arc::new);
+    let zip = zip.to_vec();
+    let read = tokio::task::spawn_blocking(move || Unpacked::read(&zip).map(Arc::new));
+    // A read that panicked leaves the bundle to travel whole.
+    let u = read.await.ok().flatten();
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -207,13 +212,14 @@ async fn packed_of(hash: &str, unpacked: Arc<Unpacked>, fresh: Vec<usize>) -> Bl
 
 /// Starts packing bundle `zip` for an agent that holds none of it, so that
 /// it is ready when the agent's link is.
-pub fn prepare(hash: &str, zip: &[u8]) {
-    let Some(unpacked) = unpacked_of(hash, zip) else {
-        return;
-    };
-    let fresh = fresh(&unpacked, &HashSet::new());
-    let hash = hash.to_owned();
-    tokio::spawn(async move { packed_of(&hash, unpacked, fresh).await });
+pub fn prepare(hash: &str, zip: &Arc<[u8]>) {
+    let (hash, zip) = (hash.to_owned(), zip.clone());
+    tokio::spawn(async move {
+        if let Some(unpacked) = unpacked_of(&hash, &zip).await {
+            let fresh = fresh(&unpacked, &HashSet::new());
+            packed_of(&hash, unpacked, fresh).await;
+        }
+    });
 }
 
 /// Indexes of the members whose content an agent holding `held` lacks,
@@ -241,7 +247,7 @@ impl Held {
     /// holds what this records: as members when the bundle reads as a zip,
     /// with the contents it lacks packed; otherwise whole.
     pub async fn code(&self, hash: &str, zip: &[u8]) -> Code {
-        let Some(unpacked) = unpacked_of(hash, zip) else {
+        let Some(unpacked) = unpacked_of(hash, zip).await else {
             return Code {
                 hash: hash.to_owned(),
                 zip: Some(zip.to_vec().into()),

@@ -1,6 +1,6 @@
 //! The agent binaries driven directly through their protocol, without SSH:
 //! how they treat malformed input, and proof that the aarch64 build runs
-//! (under `qemu-aarch64-static`).
+//! (under `qemu-aarch64-static`), child agents included.
 
 use spindle_controller::protocol::{
     frame, ErrorKind, Exec, FromAgent, Ping, Reply, Request, ToAgent, WireError, HELLO_MAGIC,
@@ -261,6 +261,72 @@ fn aarch64_agent_runs_under_qemu() {
     );
     let err = outcome(&mut child, 3).expect_err("a missing program fails the request");
     assert_eq!(err.kind, ErrorKind::NotFound, "{err:?}");
+    drop(child.stdin.take());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+}
+
+/// The aarch64 agent starts a child agent through sudo, as for `become`:
+/// the child is its own binary, exec'd from a memfd (which the kernel hands
+/// to qemu: `testbed up` registers qemu-user-static for aarch64), and
+/// commands routed to it run as the other account.
+#[test]
+fn aarch64_agent_starts_a_child_agent_through_sudo() {
+    use spindle_controller::protocol::Become;
+    let mut child = spawn("aarch64");
+    hello(&mut child);
+    let become_ = Become {
+        method: "sudo".into(),
+        exe: "sudo".into(),
+        flags: vec![],
+        user: "nobody".into(),
+        python: Some("/usr/bin/python3".into()),
+        password: None,
+        prompts: vec![],
+        timeout_ms: 60_000,
+    };
+    send(
+        &mut child,
+        &ToAgent::Call {
+            id: 1,
+            req: Request::Become(become_),
+            after: None,
+        },
+    );
+    let started = match reply(&mut child, 1) {
+        Reply::Child(c) => c,
+        other => panic!("expected a child agent, got {other:?}"),
+    };
+    assert_eq!(started.hello.arch, "aarch64");
+    assert_eq!(started.hello.user, "nobody");
+    let call = ToAgent::Call {
+        id: 7,
+        req: Request::Exec(Exec::argv(["id", "-un"])),
+        after: None,
+    };
+    send(
+        &mut child,
+        &ToAgent::Route {
+            child: started.child,
+            frame: frame::encode(&call).unwrap().into(),
+        },
+    );
+    let routed = loop {
+        match read_frame(child.stdout.as_mut().unwrap()) {
+            Some(FromAgent::Routed { child: c, frame: f }) if c == started.child => {
+                let body = &f.as_ref()[frame::HEADER_LEN..];
+                match frame::decode_body::<FromAgent>(body).unwrap() {
+                    FromAgent::Reply { id: 7, result } => break result,
+                    _ => continue,
+                }
+            }
+            Some(FromAgent::Log { .. }) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    match routed {
+        Ok(Reply::Exec(r)) => assert_eq!(r.stdout.as_ref(), b"nobody\n"),
+        other => panic!("{other:?}"),
+    }
     drop(child.stdin.take());
     assert_eq!(wait_exit(&mut child).code(), Some(0));
 }

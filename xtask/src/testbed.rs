@@ -480,6 +480,7 @@ fn up(count: u8, rtt_ms: u32) -> Result<()> {
     ensure_sudo_rs()?;
     ensure_local_doas()?;
     load_kernel_modules();
+    ensure_aarch64_binfmt()?;
     fs::create_dir_all(BASE).with_context(|| format!("creating {BASE}"))?;
     fs::set_permissions(BASE, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("setting permissions of {BASE}"))?;
@@ -705,6 +706,30 @@ fn load_kernel_modules() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// Where the kernel keeps its handlers for foreign binaries.
+const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
+
+/// Has the kernel run aarch64 binaries through qemu-user-static, as Debian
+/// sets up at boot where systemd runs (`/usr/lib/binfmt.d`): an aarch64
+/// agent under qemu starts child agents (become) from a memfd, which only
+/// the kernel can hand to qemu. The handler stays after `down`: it changes
+/// nothing for this machine's own binaries.
+fn ensure_aarch64_binfmt() -> Result<()> {
+    let handler = Path::new(BINFMT).join("qemu-aarch64");
+    if handler.exists() {
+        return Ok(());
+    }
+    if !Path::new(BINFMT).join("register").exists() {
+        run_checked(Cmd::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", BINFMT]))
+            .context("mounting binfmt_misc")?;
+    }
+    let rule = fs::read("/usr/lib/binfmt.d/qemu-aarch64.conf")
+        .context("reading qemu-user-static's aarch64 binfmt rule")?;
+    fs::write(Path::new(BINFMT).join("register"), rule.trim_ascii_end())
+        .context("registering qemu-user-static for aarch64 binaries")?;
+    Ok(())
 }
 
 /// Generates the testbed's login key once; returns the public key line.
