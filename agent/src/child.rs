@@ -693,14 +693,16 @@ fn take_boot_line(out: &mut Vec<u8>) -> Result<Option<BootLine>, String> {
 
 /// This agent's binary, uncompressed: it only crosses a pipe, and the child
 /// skips decompressing it. Sent whatever architecture the stage reports: it
-/// can differ only where this agent runs emulated (qemu-user), and there
-/// the kernel hands the child to the same emulator.
+/// can differ only where this agent runs emulated (qemu-user), and there a
+/// binfmt_misc handler may hand the child to the same emulator (without
+/// one, the stage's exec fails and says so).
 fn send_agent(stdin: &mut File, boot: &BootLine) -> Result<(), WireError> {
     if boot.arch != std::env::consts::ARCH {
         out::log(
             LogLevel::Warn,
             format!(
-                "the child's stage reports {}, this agent is {}: sending it all the same",
+                "the child's stage reports {}, this agent is {}: sending it all the same \
+                 (it runs if a binfmt_misc handler emulates it)",
                 boot.arch,
                 std::env::consts::ARCH
             ),

@@ -255,7 +255,9 @@ impl Host {
     }
 
     /// Whether the login link is still to be made (or being made, or made
-    /// again after it died), so that a request for `account` waits for it.
+    /// again after a disconnect), so that a request for `account` waits for
+    /// it. A link that died unnoticed counts as made: packing ahead of the
+    /// reconnect is then skipped, nothing else.
     fn link_pending(&self, account: Option<&BecomeSpec>) -> bool {
         account.is_none() && !self.linked.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -359,7 +361,10 @@ impl Host {
     /// Closes the link, failing requests still in flight; the agent ends
     /// and takes the commands it runs with it. The next request reconnects.
     pub async fn disconnect(&self) {
-        if let Some(link) = self.link.lock().await.take() {
+        let taken = self.link.lock().await.take();
+        self.linked
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(link) = taken {
             link.close();
         }
     }

@@ -162,24 +162,26 @@ fn key(bytes: &[u8]) -> Key {
 }
 
 /// [`Unpacked::read`] of the bundle with hex SHA-256 `hash`, made once per
-/// run (on a blocking thread: inflating and hashing a large bundle takes a
-/// while).
+/// run however many hosts ask at once, on a blocking thread (inflating and
+/// hashing a large bundle takes a while).
 pub async fn unpacked_of(hash: &str, zip: &[u8]) -> Option<Arc<Unpacked>> {
-    type Cache = Mutex<HashMap<String, Option<Arc<Unpacked>>>>;
-    static UNPACKED: OnceLock<Cache> = OnceLock::new();
-    let cache = UNPACKED.get_or_init(Default::default);
-    if let Some(u) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(hash) {
-        return u.clone();
-    }
-    let zip = zip.to_vec();
-    let read = tokio::task::spawn_blocking(move || Unpacked::read(&zip).map(Arc::new));
-    // A read that panicked leaves the bundle to travel whole.
-    let u = read.await.ok().flatten();
-    cache
+    type Cells = HashMap<String, Arc<OnceCell<Option<Arc<Unpacked>>>>>;
+    static UNPACKED: OnceLock<Mutex<Cells>> = OnceLock::new();
+    let cell = UNPACKED
+        .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(hash.to_owned(), u.clone());
-    u
+        .entry(hash.to_owned())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| async {
+        let zip = zip.to_vec();
+        let read = tokio::task::spawn_blocking(move || Unpacked::read(&zip).map(Arc::new));
+        // A read that panicked leaves the bundle to travel whole.
+        read.await.ok().flatten()
+    })
+    .await
+    .clone()
 }
 
 /// Packed contents by bundle and the members packed: agents lacking the

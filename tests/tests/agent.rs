@@ -272,6 +272,12 @@ fn aarch64_agent_runs_under_qemu() {
 #[test]
 fn aarch64_agent_starts_a_child_agent_through_sudo() {
     use spindle_controller::protocol::Become;
+    let handler = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64");
+    assert!(
+        handler.is_ok_and(|h| h.starts_with("enabled")),
+        "the kernel has no enabled binfmt_misc handler for aarch64 binaries \
+         (`cargo xtask testbed up` registers qemu-user-static's)"
+    );
     let mut child = spawn("aarch64");
     hello(&mut child);
     let become_ = Become {

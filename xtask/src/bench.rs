@@ -403,11 +403,12 @@ fn modules(args: &Args) -> Result<()> {
     report(args, &table)
 }
 
-/// Lets the target reap what just finished, so its CPU is counted.
-/// Ends the ssh masters whose sockets lie in `dir`, and removes it.
+/// Ends the ssh masters whose sockets lie in `dir` (each given 10 s), and
+/// removes it.
 fn end_masters(dir: &Path) {
     for socket in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let _ = Command::new("ssh")
+        let _ = Command::new("timeout")
+            .args(["10", "ssh", "-F", "none"])
             .arg("-oControlPath=".to_owned() + &socket.path().to_string_lossy())
             .args(["-Oexit", "master"])
             .stdout(Stdio::null())
@@ -417,6 +418,7 @@ fn end_masters(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Lets the target reap what just finished, so its CPU is counted.
 fn settle() {
     std::thread::sleep(std::time::Duration::from_millis(300));
 }
