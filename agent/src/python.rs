@@ -597,15 +597,11 @@ fn note_contents(store: &mut CodeStore, bundle: &Arc<File>, members: &[Member]) 
     if bundle.metadata().map(|m| m.len()).ok() != Some(bundle::stored_len(members) as u64) {
         return;
     }
-    let mut at = 0u64;
-    for m in members {
-        // Each member's data follows its 30-byte local header and name.
-        at += 30 + m.name.len() as u64;
+    for (m, at) in members.iter().zip(bundle::data_offsets(members)) {
         store
             .contents
             .entry(m.key.as_ref().to_vec())
-            .or_insert_with(|| (bundle.clone(), at, m.size as usize));
-        at += m.size as u64;
+            .or_insert_with(|| (bundle.clone(), at as u64, m.size as usize));
     }
 }
 

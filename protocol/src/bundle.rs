@@ -23,7 +23,8 @@ const UTF8_NAME: u16 = 1 << 11;
 
 /// Bytes a stored zip spends on each member besides its name and data
 /// (local header and directory entry), and once at its end.
-const PER_MEMBER: usize = 30 + 46;
+const LOCAL_LEN: usize = 30;
+const PER_MEMBER: usize = LOCAL_LEN + 46;
 const END_LEN: usize = 22;
 
 /// The CRC-32 (ISO-HDLC, as zip uses) of `data`.
@@ -49,6 +50,16 @@ pub fn crc32(data: &[u8]) -> u32 {
     };
     !data.iter().fold(!0u32, |c, &b| {
         TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8)
+    })
+}
+
+/// Where each member's data starts in the stored zip of `members`: after
+/// the data before it and its own local header and name.
+pub fn data_offsets(members: &[Member]) -> impl Iterator<Item = usize> + '_ {
+    members.iter().scan(0usize, |at, m| {
+        let start = *at + LOCAL_LEN + m.name.len();
+        *at = start + m.size as usize;
+        Some(start)
     })
 }
 
@@ -163,6 +174,11 @@ mod tests {
         .expect("writes")
         .expect("fits");
         assert_eq!(zip.len(), stored_len(&members));
+        let starts: Vec<usize> = data_offsets(&members).collect();
+        assert_eq!(
+            starts,
+            [LOCAL_LEN + 4, LOCAL_LEN * 2 + 4 + 3 + "dir/é.py".len()]
+        );
         assert_eq!(&zip[..4], LOCAL_SIG);
         // Wrong data for a member: no zip.
         let short = write_stored(&members, |_, _, _| Ok::<_, ()>(())).expect("runs");
