@@ -9,6 +9,7 @@ plugin's), so inventories work unchanged. Two plugin files expose it:
 `serve_ssh/ssh.py`, which serves every host whose connection is `ssh`.
 """
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -41,6 +42,22 @@ def load_builtin(name):
 
 
 _BUILTIN_SSH = load_builtin("ssh")
+
+
+def preload_module_profiles():
+    """Imports, here in the process that forks Ansible's workers, the JSON
+    profiles every module task's worker would otherwise import for itself
+    (ansible-core 2.19 on: the arguments' encoder and the result's decoder),
+    some milliseconds per task. What they encode and decode is unchanged."""
+    for name in ("legacy", "modern"):
+        for direction in ("c2m", "m2c"):
+            try:
+                importlib.import_module("ansible.module_utils._internal._json._profiles._module_%s_%s" % (name, direction))
+            except ImportError:
+                pass
+
+
+preload_module_profiles()
 
 
 def documentation(name):

@@ -191,6 +191,48 @@ fn empty_select_returns_at_once() -> Result<()> {
     Ok(())
 }
 
+/// run_command applies a umask only when given one; a module's own
+/// preexec_fn runs in its command.
+#[test]
+fn module_commands_start_as_stock() -> Result<()> {
+    same_under_stock_and_spindle("modules/spawn.yml")
+}
+
+/// run_command's idle preexec_fn (no umask to set) does not reach
+/// subprocess, so its commands start by vfork. Spindle only: under stock
+/// every start carries it.
+#[test]
+fn idle_preexec_is_left_out() -> Result<()> {
+    let tb = Testbed::load()?;
+    play(&tb, "modules/spawn_vfork.yml", "spindle", None)?;
+    Ok(())
+}
+
+/// Loading the connection plugin (in the process that forks Ansible's
+/// workers) imports the JSON profiles each module task's worker would
+/// otherwise import for itself (ansible-core 2.19 on).
+#[test]
+fn module_profiles_are_imported_with_the_plugin() -> Result<()> {
+    let out = Command::new(venv().join("bin/python"))
+        .args([
+            "-c",
+            "import sys, spindle_ansible.connection\n\
+             from ansible.release import __version__\n\
+             if tuple(map(int, __version__.split('.')[:2])) >= (2, 19):\n\
+             \x20   p = 'ansible.module_utils._internal._json._profiles._module_'\n\
+             \x20   missing = [n for n in ('legacy_c2m', 'legacy_m2c', 'modern_c2m', 'modern_m2c') if p + n not in sys.modules]\n\
+             \x20   assert not missing, missing\n",
+        ])
+        .env("PYTHONPATH", root().join("ansible-plugin"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Runs `ansible` (ad hoc) with `args` against the testbed, Spindle
 /// serving its ssh hosts, the system Python on the targets.
 fn adhoc(tb: &Testbed, args: &[&str]) -> Result<std::process::Output> {

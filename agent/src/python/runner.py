@@ -123,6 +123,7 @@ def warm(path):
     for registry in ("_global_warnings", "_global_deprecations"):
         getattr(warnings, registry, {}).clear()
     quiet_empty_selects()
+    vfork_idle_preexec()
     note_warm()
 
 
@@ -158,6 +159,47 @@ def quiet_empty_selects():
         if hasattr(real, name):
             setattr(quiet, name, quieter(getattr(real, name)))
     basic.selectors = quiet
+
+
+def vfork_idle_preexec():
+    # run_command hands subprocess a preexec_fn that only sets the umask it
+    # was given, and does nothing without one. Its mere presence makes
+    # subprocess fork the module's whole interpreter (copying its page
+    # tables, then each page either side writes until the command
+    # executes) where it would otherwise vfork (Python 3.10 on): milliseconds
+    # per command. Such an idle preexec_fn is dropped; what the command
+    # starts with is the same. Any other preexec_fn is used as given.
+    import subprocess
+
+    base = getattr(subprocess.Popen, "_execute_child", None)
+    if base is None or getattr(base, "SPINDLE_VFORK", False):
+        return
+
+    def _execute_child(self, args, executable, preexec_fn, *rest):
+        if preexec_fn is not None and idle_preexec(preexec_fn):
+            preexec_fn = None
+        return base(self, args, executable, preexec_fn, *rest)
+
+    _execute_child.SPINDLE_VFORK = True
+    _execute_child.__wrapped__ = base
+    subprocess.Popen._execute_child = _execute_child
+
+
+def idle_preexec(fn):
+    # basic's `def preexec(): if umask: os.umask(umask)` (ansible-core 2.17
+    # to 2.21), with no umask in its closure.
+    code = getattr(fn, "__code__", None)
+    try:
+        return (
+            getattr(fn, "__module__", None) == "ansible.module_utils.basic"
+            and fn.__qualname__.endswith("run_command.<locals>.preexec")
+            and code.co_freevars == ("umask",)
+            and set(code.co_names) <= {"os", "umask"}
+            and code.co_argcount == 0
+            and not fn.__closure__[0].cell_contents
+        )
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return False
 
 
 WARM = {}  # module -> (file inside its bundle, CRC) for modules loaded from one
