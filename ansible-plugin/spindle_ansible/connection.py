@@ -45,15 +45,21 @@ _BUILTIN_SSH = load_builtin("ssh")
 
 
 def preload_module_profiles():
-    """Imports, here in the process that forks Ansible's workers, the JSON
-    profiles every module task's worker would otherwise import for itself
-    (ansible-core 2.19 on: the arguments' encoder and the result's decoder),
-    some milliseconds per task. What they encode and decode is unchanged."""
+    """Imports the JSON profiles (ansible-core 2.19 on) every module task's
+    worker would otherwise import for itself, some milliseconds a task,
+    when this runs in the process that forks Ansible's workers:
+    `ansible-playbook` loads every connection plugin there. (Ad hoc
+    `ansible` loads it in each worker: there it would only add imports.)
+    What they encode and decode is unchanged."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return
     for name in ("legacy", "modern"):
         for direction in ("c2m", "m2c"):
             try:
                 importlib.import_module("ansible.module_utils._internal._json._profiles._module_%s_%s" % (name, direction))
-            except ImportError:
+            except Exception:
                 pass
 
 

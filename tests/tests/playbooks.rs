@@ -5,7 +5,8 @@
 
 use anyhow::{Context, Result};
 use spindle_tests::playbook::{
-    play, play_env, play_with, root, same_under_stock_and_spindle, venv, DEFAULT_SSH_ARGS,
+    play, play_env, play_vars, play_with, root, same_under_stock_and_spindle, venv,
+    DEFAULT_SSH_ARGS,
 };
 use spindle_tests::Testbed;
 use std::process::Command;
@@ -191,16 +192,38 @@ fn empty_select_returns_at_once() -> Result<()> {
     Ok(())
 }
 
-/// run_command applies a umask only when given one; a module's own
-/// preexec_fn runs in its command.
+/// run_command applies a umask only when given one, its commands' signals
+/// are a forked start's however they are started, and a module's own
+/// preexec_fn runs in its command: on the system Python and on 3.10 to 3.13
+/// (where subprocess can vfork, and 3.13 also posix_spawn with descriptors
+/// closed).
 #[test]
 fn module_commands_start_as_stock() -> Result<()> {
-    same_under_stock_and_spindle("modules/spawn.yml")
+    let tb = Testbed::load()?;
+    let mut pythons = vec!["/usr/bin/python3".to_owned()];
+    for (version, path) in &tb.pythons {
+        let minor = version
+            .strip_prefix("3.")
+            .and_then(|m| m.parse::<u32>().ok());
+        if minor.is_some_and(|m| m >= 10) {
+            pythons.push(path.clone());
+        }
+    }
+    anyhow::ensure!(
+        pythons.len() == 5,
+        "expected Pythons 3.10 to 3.13 on the testbed"
+    );
+    let vars = serde_json::json!({ "spawn_pythons": pythons }).to_string();
+    let stock = play_vars(&tb, "modules/spawn.yml", "ssh", &[&vars])?;
+    let spindle = play_vars(&tb, "modules/spawn.yml", "spindle", &[&vars])?;
+    assert_eq!(spindle, stock, "recaps differ");
+    Ok(())
 }
 
 /// run_command's idle preexec_fn (no umask to set) does not reach
-/// subprocess, so its commands start by vfork. Spindle only: under stock
-/// every start carries it.
+/// subprocess where it would not start the command by posix_spawn, so those
+/// commands start by vfork. Spindle only: under stock every start carries
+/// it.
 #[test]
 fn idle_preexec_is_left_out() -> Result<()> {
     let tb = Testbed::load()?;

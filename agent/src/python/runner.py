@@ -166,39 +166,90 @@ def vfork_idle_preexec():
     # was given, and does nothing without one. Its mere presence makes
     # subprocess fork the module's whole interpreter (copying its page
     # tables, then each page either side writes until the command
-    # executes) where it would otherwise vfork (Python 3.10 on): milliseconds
-    # per command. Such an idle preexec_fn is dropped; what the command
-    # starts with is the same. Any other preexec_fn is used as given.
+    # executes) where Python 3.10 on would vfork: milliseconds per command.
+    # Such an idle preexec_fn is left out where that start is vfork's, the
+    # command's process as fork's would be; it stays where subprocess could
+    # choose posix_spawn instead (glibc's leaves signals ignored that fork's
+    # does not), and in a task that registered fork hooks (they run only
+    # around a fork).
     import subprocess
 
     base = getattr(subprocess.Popen, "_execute_child", None)
-    if base is None or getattr(base, "SPINDLE_VFORK", False):
+    if base is None or getattr(base, "SPINDLE_VFORK", False) or sys.version_info < (3, 10):
         return
 
-    def _execute_child(self, args, executable, preexec_fn, *rest):
-        if preexec_fn is not None and idle_preexec(preexec_fn):
-            preexec_fn = None
-        return base(self, args, executable, preexec_fn, *rest)
+    def _execute_child(self, *args, **kwargs):
+        # Popen calls it with (args, executable, preexec_fn, close_fds,
+        # pass_fds, cwd, env, startupinfo, creationflags, shell, ...).
+        if len(args) >= 10 and not kwargs and not AT_FORK and args[2] is not None:
+            if not may_posix_spawn(subprocess, args) and idle_preexec(args[2]):
+                args = args[:2] + (None,) + args[3:]
+        return base(self, *args, **kwargs)
 
     _execute_child.SPINDLE_VFORK = True
     _execute_child.__wrapped__ = base
     subprocess.Popen._execute_child = _execute_child
+    space = {}
+    exec("import os\ndef run_command(umask):\n def preexec():\n  if umask:\n   os.umask(umask)\n return preexec\n", space)
+    IDLE_PREEXEC.append(space["run_command"](None).__code__)
+
+    register = getattr(os, "register_at_fork", None)
+    if register is not None and not getattr(register, "SPINDLE_VFORK", False):
+
+        def register_at_fork(*args, **kwargs):
+            AT_FORK.append(True)
+            return register(*args, **kwargs)
+
+        register_at_fork.SPINDLE_VFORK = True
+        register_at_fork.__wrapped__ = register
+        os.register_at_fork = register_at_fork
+
+
+AT_FORK = []  # in a child: whether its task registered fork hooks
+IDLE_PREEXEC = []  # the code of basic's preexec closure, compiled alike
+
+
+def may_posix_spawn(subprocess, args):
+    # Whether subprocess could start this without a preexec_fn by
+    # posix_spawn: a superset of its conditions (an executable with a
+    # directory, no cwd or pass_fds, and descriptors left open unless
+    # posix_spawn can close them).
+    if not getattr(subprocess, "_USE_POSIX_SPAWN", False):
+        return False
+    cmd, executable, _, close_fds, pass_fds, cwd = args[:6]
+    shell = args[9]
+    if cwd is not None or pass_fds:
+        return False
+    if close_fds and not getattr(subprocess, "_HAVE_POSIX_SPAWN_CLOSEFROM", False):
+        return False
+    if executable is None:
+        if shell:
+            return True
+        if isinstance(cmd, (str, bytes, os.PathLike)):
+            executable = cmd
+        elif isinstance(cmd, (list, tuple)) and cmd:
+            executable = cmd[0]
+        else:
+            return True
+    try:
+        return bool(os.path.dirname(os.fsdecode(executable)))
+    except Exception:
+        return True
 
 
 def idle_preexec(fn):
     # basic's `def preexec(): if umask: os.umask(umask)` (ansible-core 2.17
-    # to 2.21), with no umask in its closure.
-    code = getattr(fn, "__code__", None)
+    # to 2.21) to the byte, with no umask in its closure.
     try:
+        want, code = IDLE_PREEXEC[0], fn.__code__
         return (
             getattr(fn, "__module__", None) == "ansible.module_utils.basic"
             and fn.__qualname__.endswith("run_command.<locals>.preexec")
-            and code.co_freevars == ("umask",)
-            and set(code.co_names) <= {"os", "umask"}
-            and code.co_argcount == 0
+            and (code.co_code, code.co_consts, code.co_names, code.co_freevars, code.co_argcount)
+            == (want.co_code, want.co_consts, want.co_names, want.co_freevars, want.co_argcount)
             and not fn.__closure__[0].cell_contents
         )
-    except (AttributeError, IndexError, TypeError, ValueError):
+    except Exception:
         return False
 
 
@@ -306,6 +357,9 @@ def prepare():
     # ways behind.
     import atexit
     atexit._clear()
+    # Fork hooks the zygote registered (the standard library's, while
+    # warming) are not the task's.
+    del AT_FORK[:]
     # Whatever the zygote holds is left out of this child's garbage
     # collections: they would walk (and so copy) all of its memory.
     if FREEZE is not None:
