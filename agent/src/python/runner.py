@@ -123,7 +123,6 @@ def warm(path):
     for registry in ("_global_warnings", "_global_deprecations"):
         getattr(warnings, registry, {}).clear()
     quiet_empty_selects()
-    vfork_idle_preexec()
     note_warm()
 
 
@@ -167,74 +166,53 @@ def vfork_idle_preexec():
     # subprocess fork the module's whole interpreter (copying its page
     # tables, then each page either side writes until the command
     # executes) where Python 3.10 on would vfork: milliseconds per command.
-    # Such an idle preexec_fn is left out where that start is vfork's, the
-    # command's process as fork's would be; it stays where subprocess could
-    # choose posix_spawn instead (glibc's leaves signals ignored that fork's
-    # does not), and in a task that registered fork hooks (they run only
-    # around a fork).
-    import subprocess
-
-    base = getattr(subprocess.Popen, "_execute_child", None)
-    if base is None or getattr(base, "SPINDLE_VFORK", False) or sys.version_info < (3, 10):
+    # The function subprocess starts commands with is wrapped to leave such
+    # an idle preexec_fn out: subprocess has already chosen it over
+    # posix_spawn (which a preexec_fn rules out), and what the command
+    # starts with is the same either way. A task that registered fork hooks
+    # keeps it (they run only around a fork).
+    if sys.version_info < (3, 10):
         return
+    import posix, subprocess, _posixsubprocess
 
-    def _execute_child(self, *args, **kwargs):
-        # Popen calls it with (args, executable, preexec_fn, close_fds,
-        # pass_fds, cwd, env, startupinfo, creationflags, shell, ...).
-        if len(args) >= 10 and not kwargs and not AT_FORK and args[2] is not None:
-            if not may_posix_spawn(subprocess, args) and idle_preexec(args[2]):
-                args = args[:2] + (None,) + args[3:]
-        return base(self, *args, **kwargs)
-
-    _execute_child.SPINDLE_VFORK = True
-    _execute_child.__wrapped__ = base
-    subprocess.Popen._execute_child = _execute_child
+    # Bound to a name of subprocess's own from Python 3.11 on.
+    owner, name = (subprocess, "_fork_exec") if getattr(subprocess, "_fork_exec", None) else (_posixsubprocess, "fork_exec")
+    base = getattr(owner, name)
+    if getattr(base, "SPINDLE_VFORK", False):
+        return
     space = {}
     exec("import os\ndef run_command(umask):\n def preexec():\n  if umask:\n   os.umask(umask)\n return preexec\n", space)
     IDLE_PREEXEC.append(space["run_command"](None).__code__)
 
-    register = getattr(os, "register_at_fork", None)
-    if register is not None and not getattr(register, "SPINDLE_VFORK", False):
+    def fork_exec(*args):
+        if not AT_FORK:
+            idle = [i for i, arg in enumerate(args) if callable(arg) and idle_preexec(arg)]
+            if idle:
+                fork_exec.dropped += 1
+                args = tuple(None if i in idle else arg for i, arg in enumerate(args))
+        return base(*args)
 
-        def register_at_fork(*args, **kwargs):
-            AT_FORK.append(True)
-            return register(*args, **kwargs)
+    fork_exec.SPINDLE_VFORK = True
+    fork_exec.dropped = 0  # starts it left the preexec_fn out of (for tests)
+    fork_exec.__wrapped__ = base
+    for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
+        setattr(fork_exec, attr, getattr(base, attr, None))
+    setattr(owner, name, fork_exec)
 
-        register_at_fork.SPINDLE_VFORK = True
-        register_at_fork.__wrapped__ = register
-        os.register_at_fork = register_at_fork
+    register = posix.register_at_fork
+
+    def register_at_fork(*args, **kwargs):
+        AT_FORK.append(True)
+        return register(*args, **kwargs)
+
+    register_at_fork.__wrapped__ = register
+    for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
+        setattr(register_at_fork, attr, getattr(register, attr, None))
+    posix.register_at_fork = os.register_at_fork = register_at_fork
 
 
 AT_FORK = []  # in a child: whether its task registered fork hooks
 IDLE_PREEXEC = []  # the code of basic's preexec closure, compiled alike
-
-
-def may_posix_spawn(subprocess, args):
-    # Whether subprocess could start this without a preexec_fn by
-    # posix_spawn: a superset of its conditions (an executable with a
-    # directory, no cwd or pass_fds, and descriptors left open unless
-    # posix_spawn can close them).
-    if not getattr(subprocess, "_USE_POSIX_SPAWN", False):
-        return False
-    cmd, executable, _, close_fds, pass_fds, cwd = args[:6]
-    shell = args[9]
-    if cwd is not None or pass_fds:
-        return False
-    if close_fds and not getattr(subprocess, "_HAVE_POSIX_SPAWN_CLOSEFROM", False):
-        return False
-    if executable is None:
-        if shell:
-            return True
-        if isinstance(cmd, (str, bytes, os.PathLike)):
-            executable = cmd
-        elif isinstance(cmd, (list, tuple)) and cmd:
-            executable = cmd[0]
-        else:
-            return True
-    try:
-        return bool(os.path.dirname(os.fsdecode(executable)))
-    except Exception:
-        return True
 
 
 def idle_preexec(fn):
@@ -982,6 +960,7 @@ def handle(req, fds):
 
 
 FREEZE = getattr(gc, "freeze", None)
+vfork_idle_preexec()
 WAKE_R, WAKE_W = os.pipe()
 for fd in (WAKE_R, WAKE_W):
     os.set_blocking(fd, False)

@@ -4,9 +4,11 @@
 # are those of a forked start, whichever way it is started (relative or
 # absolute executable, descriptors closed or not, through a shell); a
 # preexec_fn of the module's own runs in the command's process, and fork
-# hooks it registers run around a start; and, as
-# seen by _posixsubprocess, whether each start carried a preexec_fn.
+# hooks it registers (through os or posix) run around a start. Where
+# Spindle's interpreter counts the starts it left an idle preexec_fn out of,
+# the count for each.
 import os
+import posix
 import subprocess
 import sys
 
@@ -37,53 +39,51 @@ def forked(args, options):
     ).stdout
 
 
+def dropped():
+    # subprocess starts commands with this (bound to a name of its own from
+    # Python 3.11 on).
+    start = getattr(subprocess, "_fork_exec", None) or _posixsubprocess.fork_exec
+    return getattr(start, "dropped", None)
+
+
+def counted(run):
+    before = dropped()
+    result = run()
+    after = dropped()
+    return result, None if before is None else after - before
+
+
 def main():
     module = AnsibleModule(argument_spec={})
-    carried = []
-    # subprocess calls it by a name of its own from Python 3.11 on.
-    owner, name = (subprocess, "_fork_exec") if getattr(subprocess, "_fork_exec", None) else (_posixsubprocess, "fork_exec")
-    fork_exec = getattr(owner, name)
-
-    def noting(*args):
-        carried.append(any(callable(a) for a in args))
-        return fork_exec(*args)
-
     mine = os.umask(0o022)
     os.umask(mine)
-    as_forked, preexec = {}, {}
+    as_forked, left_out = {}, {}
     for start, (args, options) in STARTS.items():
-        del carried[:]
-        setattr(owner, name, noting)
-        rc, out, _ = module.run_command(args, binary_data=True, encoding=None, **options)
-        setattr(owner, name, fork_exec)
+        (rc, out, _), left_out[start] = counted(lambda: module.run_command(args, binary_data=True, encoding=None, **options))
         as_forked[start] = rc == 0 and signals(out) == signals(forked(args, options))
-        preexec[start] = carried[0] if carried else None
-    del carried[:]
-    setattr(owner, name, noting)
-    _, plain, _ = module.run_command(["sh", "-c", "umask"])
-    _, masked, _ = module.run_command(["sh", "-c", "umask"], umask=0o027)
+    (_, plain, _), left_out["plain"] = counted(lambda: module.run_command(["sh", "-c", "umask"]))
+    (_, masked, _), left_out["masked"] = counted(lambda: module.run_command(["sh", "-c", "umask"], umask=0o027))
     own = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid() == os.getpgrp())"],
         preexec_fn=os.setpgrp,
         stdout=subprocess.PIPE,
         check=True,
     ).stdout
-    setattr(owner, name, fork_exec)
     # Fork hooks the module registers run around its commands' starts.
     fired = []
+    posix.register_at_fork(before=lambda: fired.append("posix"))
     os.register_at_fork(before=lambda: fired.append("before"), after_in_parent=lambda: fired.append("parent"))
-    module.run_command(["true"])
+    _, left_out["after_hooks"] = counted(lambda: module.run_command(["true"]))
     module.exit_json(
-        fork_hooks_ran=fired == ["before", "parent"],
         changed=False,
         python="%d.%d" % sys.version_info[:2],
         module_umask="%04o" % mine,
         plain=plain.strip(),
         masked=masked.strip(),
         own_preexec_ran=own.strip() == b"True",
+        fork_hooks_ran=sorted(fired) == ["before", "parent", "posix"],
         as_forked=as_forked,
-        preexec=preexec,
-        carried=carried,
+        left_out=left_out,
     )
 
 
