@@ -173,7 +173,7 @@ def vfork_idle_preexec():
     # keeps it (they run only around a fork).
     if sys.version_info < (3, 10):
         return
-    import posix, subprocess, _posixsubprocess
+    import functools, posix, subprocess, _posixsubprocess
 
     # Bound to a name of subprocess's own from Python 3.11 on.
     owner, name = (subprocess, "_fork_exec") if getattr(subprocess, "_fork_exec", None) else (_posixsubprocess, "fork_exec")
@@ -192,11 +192,9 @@ def vfork_idle_preexec():
                 args = tuple(None if i in idle else arg for i, arg in enumerate(args))
         return base(*args)
 
+    functools.update_wrapper(fork_exec, base)
     fork_exec.SPINDLE_VFORK = True
     fork_exec.dropped = 0  # starts it left the preexec_fn out of (for tests)
-    fork_exec.__wrapped__ = base
-    for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
-        setattr(fork_exec, attr, getattr(base, attr, None))
     setattr(owner, name, fork_exec)
 
     register = posix.register_at_fork
@@ -205,9 +203,7 @@ def vfork_idle_preexec():
         AT_FORK.append(True)
         return register(*args, **kwargs)
 
-    register_at_fork.__wrapped__ = register
-    for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
-        setattr(register_at_fork, attr, getattr(register, attr, None))
+    functools.update_wrapper(register_at_fork, register)
     posix.register_at_fork = os.register_at_fork = register_at_fork
 
 
