@@ -26,17 +26,27 @@ pub fn play(
     connection: &str,
     strategy: Option<&str>,
 ) -> Result<Vec<String>> {
-    play_with(tb, playbook, connection, strategy, &crate::spindle_bin())
+    play_with(
+        tb,
+        playbook,
+        connection,
+        strategy,
+        &crate::spindle_bin(),
+        &[],
+    )
 }
 
+/// [`play`] with another `spindle` binary and extra variables
+/// (`-e NAME=VALUE` each).
 pub fn play_with(
     tb: &Testbed,
     playbook: &str,
     connection: &str,
     strategy: Option<&str>,
     spindle_bin: &Path,
+    vars: &[&str],
 ) -> Result<Vec<String>> {
-    run(tb, playbook, connection, strategy, spindle_bin, &[], &[])
+    run(tb, playbook, connection, strategy, spindle_bin, vars, &[])
 }
 
 /// [`play`] with extra variables (`-e NAME=VALUE` each).

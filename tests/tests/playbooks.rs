@@ -18,7 +18,8 @@ fn connection_async() -> Result<()> {
 
 /// The strategies serve ssh hosts with Spindle (its controller starts:
 /// a wrapper around the binary notes it) and playbooks behave as with the
-/// builtin strategy of the same name.
+/// builtin strategy of the same name. Two Python hosts are enough to tell
+/// the strategies apart (`connection_basics` runs the playbook on all).
 #[test]
 fn spindle_strategies() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -26,11 +27,12 @@ fn spindle_strategies() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("spindle-strategies-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let marker = dir.join("started");
+    let bin = spindle_tests::spindle_bin();
     let wrapper = dir.join("spindle");
     let script = format!(
         "#!/bin/sh\necho started >> '{}'\nexec '{}' \"$@\"\n",
         marker.display(),
-        spindle_tests::spindle_bin().display()
+        bin.display()
     );
     std::fs::write(&wrapper, script)?;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
@@ -40,8 +42,9 @@ fn spindle_strategies() -> Result<()> {
         ("host_pinned", "spindle_host_pinned"),
     ] {
         let _ = std::fs::remove_file(&marker);
-        let stock = play(&tb, "connection/basic.yml", "ssh", Some(builtin))?;
-        let spindle = play_with(&tb, "connection/basic.yml", "ssh", Some(ours), &wrapper)?;
+        let (playbook, vars) = ("connection/basic.yml", ["suite_hosts=sp1:sp2"]);
+        let stock = play_with(&tb, playbook, "ssh", Some(builtin), &bin, &vars)?;
+        let spindle = play_with(&tb, playbook, "ssh", Some(ours), &wrapper, &vars)?;
         assert_eq!(spindle, stock, "{ours}: recaps differ");
         assert!(
             marker.exists(),
