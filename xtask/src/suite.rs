@@ -7,13 +7,22 @@
 //! the command.
 //!
 //! The targets are destructive (they add users, edit files under /etc), so
-//! each side gets a freshly built host of its own, removed afterwards:
-//! `sp5` for stock, `sp6` for Spindle. ansible-test logs in as root with its
-//! own key (`~/.ansible/test/id_rsa`), which the suite authorizes there.
+//! each side gets a freshly built host of its own, removed afterwards.
+//! ansible-test logs in as root with its own key (`~/.ansible/test/id_rsa`),
+//! which the suite authorizes there.
+//!
+//! The targets run in two lanes at once, each with hosts, source trees and
+//! ssh directories of its own: lane 0 (stock on `sp5`, Spindle on `sp6`)
+//! takes the targets whose tasks on this machine (`local` connections,
+//! `delegate_to: localhost`) use fixed paths in its /tmp or home, one after
+//! another; lane 1 (`sp7`, `sp8`) takes the others, which touch only their
+//! host, their own source tree and fresh temporary directories. A target's
+//! stock run and its Spindle run never overlap. One `ansible-test` leaves about a core idle (one
+//! `ansible-playbook` driving one host), which the second lane uses.
 //!
 //! Each side runs with an `ssh` first on its PATH (in
-//! `target/ansible-suite/<side>/ssh/`) that runs the system's with an ssh
-//! config of the side's and notes its command lines. The config sends
+//! `target/ansible-suite/<side><lane>/ssh/`) that runs the system's with an
+//! ssh config of the side's and notes its command lines. The config sends
 //! `localhost` and `127.0.0.*` to the side's host: the targets
 //! marked `needs/ssh` log in over ssh to "the controller" (ansible-test
 //! checks `ssh localhost id` first), and the host is the controller's file
@@ -30,44 +39,68 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::{agents::workspace_root, testbed, Ansible, ANSIBLE, ANSIBLE_NEWEST};
 
 /// The targets the suite runs unless told otherwise: everyday modules,
-/// module styles, async, strategies, delegation, timeouts and become.
-const TARGETS: &[&str] = &[
-    "ping",
-    "command_shell",
-    "copy",
-    "file",
-    "template",
-    "fetch",
-    "stat",
-    "lineinfile",
-    "blockinfile",
-    "assemble",
-    "raw",
-    "script",
-    "slurp",
-    "tempfile",
-    "async",
-    "async_fail",
-    "environment",
-    "remote_tmp",
-    "want_json_modules_posix",
-    "old_style_modules_posix",
-    "binary_modules_posix",
-    "module_utils",
-    "check_mode",
-    "no_log",
-    "module_tracebacks",
-    "strategy_linear",
-    "strategy_free",
-    "strategy_host_pinned",
-    "delegate_to",
-    "loop-connection",
-    "task-timeout",
-    "become",
-    "become_su",
-    "become_sudo",
-    "become_unprivileged",
+/// module styles, async, strategies, delegation, timeouts and become; with
+/// what each shares with the other lane.
+const TARGETS: &[(&str, Footprint)] = &[
+    ("ping", Own),
+    ("command_shell", Shared),
+    ("copy", Shared),
+    ("file", Own),
+    ("template", Shared),
+    ("fetch", Shared),
+    ("stat", Own),
+    ("lineinfile", Own),
+    ("blockinfile", Own),
+    ("assemble", Own),
+    ("raw", Own),
+    ("script", Own),
+    ("slurp", Own),
+    ("tempfile", Own),
+    ("async", Shared),
+    ("async_fail", Own),
+    ("environment", Own),
+    ("remote_tmp", Own),
+    ("want_json_modules_posix", Own),
+    ("old_style_modules_posix", Own),
+    ("binary_modules_posix", Own),
+    ("module_utils", Shared),
+    ("check_mode", Own),
+    ("no_log", Shared),
+    ("module_tracebacks", Shared),
+    ("strategy_linear", Shared),
+    ("strategy_free", Shared),
+    ("strategy_host_pinned", Shared),
+    ("delegate_to", Shared),
+    ("loop-connection", Shared),
+    ("task-timeout", Own),
+    ("become", Own),
+    ("become_su", Own),
+    ("become_sudo", Own),
+    ("become_unprivileged", Own),
 ];
+
+/// What a target touches beyond its hosts, which decides its lane.
+#[derive(Clone, Copy, PartialEq)]
+enum Footprint {
+    /// Its own source tree and fresh temporary directories at most. (Some
+    /// run tasks on this machine, such as `check_mode` and
+    /// `want_json_modules_posix` through ansible-test's controller
+    /// inventory, but only there.)
+    Own,
+    /// Fixed paths in this machine's /tmp or home, from tasks run here (a
+    /// `local` connection or `delegate_to: localhost`).
+    Shared,
+}
+use Footprint::{Own, Shared};
+
+/// The lane a target runs in (see the module's documentation): a target
+/// not in [`TARGETS`] counts as [`Shared`].
+fn lane_of(target: &str) -> usize {
+    match TARGETS.iter().find(|(name, _)| *name == target) {
+        Some((_, Own)) => 1,
+        _ => 0,
+    }
+}
 
 /// Pieces of Spindle's fixed bootstrap command lines (spindle-bootstrap's
 /// shell and Python one-liners): an ssh command line holding one started
@@ -78,10 +111,10 @@ const BOOTSTRAP_MARKS: &[&str] = &["read -r l;eval", "exec(sys.stdin.buffer.read
 /// agent it starts on its own machine for a `local` connection.
 const SPAWN_MARK: &str = "\"spawned\"";
 
-/// Hosts the two sides run on (beyond the four the tests use).
-const STOCK_HOST: &str = "sp5";
-const SPINDLE_HOST: &str = "sp6";
-const HOSTS: u8 = 6;
+/// Lanes, and the testbed hosts they need (beyond the four the tests use:
+/// two per lane).
+const LANES: usize = 2;
+const HOSTS: u8 = 4 + 2 * LANES as u8;
 /// One target's run may take this long before it counts as hung.
 const TARGET_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -131,12 +164,23 @@ impl Side {
             Side::Spindle => "spindle",
         }
     }
-    fn host(self) -> &'static str {
-        match self {
-            Side::Stock => STOCK_HOST,
-            Side::Spindle => SPINDLE_HOST,
-        }
+    /// The side's host in `lane`: sp5 and sp6 for lane 0, and so on.
+    fn host(self, lane: usize) -> String {
+        format!("sp{}", 5 + 2 * lane + self as usize)
     }
+
+    /// Its directory under the suite's work directory in `lane`.
+    fn dir(self, work: &Path, lane: usize) -> PathBuf {
+        work.join(format!("{}{lane}", self.name()))
+    }
+}
+
+/// What one side runs with in one lane.
+struct Place {
+    side: Side,
+    lane: usize,
+    tree: PathBuf,
+    ssh: PathBuf,
 }
 
 struct Outcome {
@@ -159,7 +203,7 @@ pub fn run(args: Args) -> Result<()> {
         &ANSIBLE
     };
     let targets: Vec<String> = if args.targets.is_empty() {
-        TARGETS.iter().map(|t| t.to_string()).collect()
+        TARGETS.iter().map(|(t, _)| t.to_string()).collect()
     } else {
         args.targets
     };
@@ -189,64 +233,137 @@ pub fn run(args: Args) -> Result<()> {
         Default::default()
     };
 
-    // Fresh hosts: dropping sp5/sp6 first removes what an earlier suite
-    // left on them.
+    // Fresh hosts: dropping the suite's hosts first removes what an earlier
+    // suite left on them.
     testbed_up(4)?;
     testbed_up(HOSTS)?;
     let key = ansible_test_key()?;
+    // Several targets in both lanes install passlib into the venv when it
+    // lacks it (`setup_passlib_controller`); two pip runs at once in one
+    // venv could trip over each other, so it is there before they start.
+    if python("import passlib").is_err() {
+        let status = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "passlib",
+            ])
+            .status()?;
+        ensure!(
+            status.success(),
+            "installing passlib into {}",
+            venv.display()
+        );
+    }
     let controller_python_links = python_links(&venv)?;
-    let mut trees = Vec::new();
-    for side in [Side::Stock, Side::Spindle] {
-        let ssh = ssh_dir(&work, side, &key)?;
-        // ansible-test's key for root. And "the controller's" Python, which
-        // the `needs/ssh` targets run on the host (as `ansible_playbook_python`,
-        // also as unprivileged users): /root traversable (pyenv's lie under
-        // it), and the venv's interpreter names where the host cannot see
-        // them (a checkout under /tmp, which is the host's own tmpfs).
-        testbed::run_script(
-            side.host(),
-            &format!(
-                "cat >> /root/.ssh/authorized_keys && chmod o+x /root\n{controller_python_links}"
-            ),
-            &std::fs::read(key.with_extension("pub"))?,
-        )?;
-        let tree = unpack(&sdist, &work.join(side.name()).join("ansible-core"), side)?;
-        trees.push((tree, ssh));
+    let mut lanes: Vec<Vec<(usize, &str)>> = vec![Vec::new(); LANES];
+    for (i, target) in targets.iter().enumerate() {
+        lanes[lane_of(target)].push((i, target));
+    }
+    let mut places: Vec<[Place; 2]> = Vec::new();
+    for lane in 0..LANES {
+        let place = |side: Side| -> Result<Place> {
+            let host = side.host(lane);
+            let ssh = ssh_dir(&work, side, lane, &key)?;
+            // ansible-test's key for root. And "the controller's" Python, which
+            // the `needs/ssh` targets run on the host (as `ansible_playbook_python`,
+            // also as unprivileged users): /root traversable (pyenv's lie under
+            // it), and the venv's interpreter names where the host cannot see
+            // them (a checkout under /tmp, which is the host's own tmpfs).
+            testbed::run_script(
+                &host,
+                &format!(
+                    "cat >> /root/.ssh/authorized_keys && chmod o+x /root\n{controller_python_links}"
+                ),
+                &std::fs::read(key.with_extension("pub"))?,
+            )?;
+            let tree = unpack(&sdist, &side.dir(&work, lane).join("ansible-core"), side)?;
+            Ok(Place {
+                side,
+                lane,
+                tree,
+                ssh,
+            })
+        };
+        places.push([place(Side::Stock)?, place(Side::Spindle)?]);
     }
 
     println!(
-        "ansible-core {version} (controller Python {controller_python}), {} targets; \
-         stock on {STOCK_HOST}, Spindle on {SPINDLE_HOST}",
-        targets.len()
+        "ansible-core {version} (controller Python {controller_python}), {} targets in {LANES} lanes; \
+         stock on {}, Spindle on {}",
+        targets.len(),
+        (0..LANES).map(|l| Side::Stock.host(l)).collect::<Vec<_>>().join(", "),
+        (0..LANES).map(|l| Side::Spindle.host(l)).collect::<Vec<_>>().join(", "),
     );
-    let mut rows = Vec::new();
-    for target in &targets {
-        let run = |side: Side| {
-            let (tree, ssh) = &trees[side as usize];
-            run_target(&venv, tree, ssh, &controller_python, side, target, &work)
-        };
-        let stock = match recorded.get(target.as_str()) {
-            Some(&(passed, seconds, logins)) => Outcome {
-                passed,
-                seconds,
-                logins,
-                agents: 0,
-                log: record_file(&version),
-                recorded: true,
-            },
-            None => run(Side::Stock)?,
-        };
-        let row = vec![stock, run(Side::Spindle)?];
-        println!(
-            "{target:<28} stock {:<4} {:>6.1} s{}   spindle {:<4} {:>6.1} s",
-            verdict(&row[0]),
-            row[0].seconds,
-            if row[0].recorded { " (recorded)" } else { "" },
-            verdict(&row[1]),
-            row[1].seconds
-        );
-        rows.push((target.clone(), row));
+    // A lane that fails stops the other before its next target.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let run_lane = |lane: usize| -> Result<Vec<(usize, String, Vec<Outcome>)>> {
+        let mut rows = Vec::new();
+        for &(i, target) in &lanes[lane] {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let run = |side: Side| {
+                let place = &places[lane][side as usize];
+                run_target(&venv, place, &controller_python, target, &work)
+            };
+            let stock = match recorded.get(target) {
+                Some(&(passed, seconds, logins)) => Outcome {
+                    passed,
+                    seconds,
+                    logins,
+                    agents: 0,
+                    log: record_file(&version),
+                    recorded: true,
+                },
+                None => run(Side::Stock)?,
+            };
+            let row = vec![stock, run(Side::Spindle)?];
+            println!(
+                "{target:<28} stock {:<4} {:>6.1} s{}   spindle {:<4} {:>6.1} s",
+                verdict(&row[0]),
+                row[0].seconds,
+                if row[0].recorded { " (recorded)" } else { "" },
+                verdict(&row[1]),
+                row[1].seconds
+            );
+            rows.push((i, target.to_owned(), row));
+        }
+        Ok(rows)
+    };
+    let results: Vec<Result<_>> = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..LANES)
+            .map(|lane| {
+                let (run_lane, stop) = (&run_lane, &stop);
+                scope.spawn(move || {
+                    let result = run_lane(lane);
+                    if result.is_err() {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    result
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|lane| lane.join().expect("a lane panicked"))
+            .collect()
+    });
+    let mut numbered = Vec::new();
+    let mut errors = Vec::new();
+    for (lane, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(rows) => numbered.extend(rows),
+            Err(e) => errors.push(format!("lane {lane}: {e:#}")),
+        }
     }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    numbered.sort_by_key(|(i, _, _)| *i);
+    let rows: Vec<(String, Vec<Outcome>)> =
+        numbered.into_iter().map(|(_, t, row)| (t, row)).collect();
     testbed_up(4)?;
 
     let table = table(&version, &controller_python, &rows);
@@ -396,8 +513,8 @@ fn ansible_test_key() -> Result<PathBuf> {
 /// the release build logging to `spindle.log`, so that the suite can count
 /// the agents Spindle's controller started (bootstrapped over ssh, or run
 /// on this machine for `local` connections).
-fn ssh_dir(work: &Path, side: Side, key: &Path) -> Result<PathBuf> {
-    let dir = work.join(side.name()).join("ssh");
+fn ssh_dir(work: &Path, side: Side, lane: usize, key: &Path) -> Result<PathBuf> {
+    let dir = side.dir(work, lane).join("ssh");
     let config = dir.join("ssh_config");
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
@@ -406,7 +523,7 @@ fn ssh_dir(work: &Path, side: Side, key: &Path) -> Result<PathBuf> {
         format!(
             "Host localhost 127.0.0.*\n  HostName {}\n  User root\n  IdentityFile {}\n\
              Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
-            testbed::address(side.host())?,
+            testbed::address(&side.host(lane))?,
             key.display()
         ),
     )?;
@@ -472,18 +589,23 @@ fn unpack(sdist: &Path, dir: &Path, side: Side) -> Result<PathBuf> {
 
 fn run_target(
     venv: &Path,
-    tree: &Path,
-    ssh: &Path,
+    place: &Place,
     controller_python: &str,
-    side: Side,
     target: &str,
     work: &Path,
 ) -> Result<Outcome> {
+    let Place {
+        side,
+        lane,
+        ref tree,
+        ref ssh,
+    } = *place;
     let logs = work.join("logs").join(side.name());
     std::fs::create_dir_all(&logs)?;
     let log = logs.join(format!("{target}.log"));
-    let address = testbed::address(side.host())?;
-    let sshd_log = testbed::sshd_log_of(side.host())?;
+    let host = side.host(lane);
+    let address = testbed::address(&host)?;
+    let sshd_log = testbed::sshd_log_of(&host)?;
     let logins = || -> usize {
         std::fs::read_to_string(&sshd_log)
             .map(|l| l.matches("Accepted publickey for ").count())
