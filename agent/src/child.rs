@@ -417,7 +417,7 @@ fn attempt(
     let mut stdin = File::from(std::os::fd::OwnedFd::from(stdin));
     let mut stdout = File::from(std::os::fd::OwnedFd::from(stdout));
     let mut stderr = File::from(std::os::fd::OwnedFd::from(stderr));
-    let preamble = spindle_bootstrap::stdin_preamble(req.python.as_deref());
+    let preamble = spindle_bootstrap::stdin_preamble(req.python.as_deref(), None);
     let fail = |proc: &mut std::process::Child, f: Failure| {
         abandon(proc);
         Err(f)

@@ -8,14 +8,18 @@
 //!    build, so a sudoers rule can name it exactly; all code that changes
 //!    between builds travels on stdin.
 //! 2. Right away it writes [`stdin_preamble`]: the shell stage (only when no
-//!    Python path is known) and the Python stage, one line each.
-//! 3. The stage prints a [`BootLine`]: architecture and codec. The controller
-//!    waits for it, sends nothing else meanwhile, then writes [`blob_header`]
-//!    and the agent binary for that architecture and codec.
+//!    Python path is known) and the Python stage, one line each; the
+//!    controller may send an xz-compressed agent right behind them
+//!    ([`Ahead`]), for the architecture it expects.
+//! 3. The stage prints a [`BootLine`]: architecture, codec, and whether it
+//!    takes the agent sent ahead (a Python stage with `lzma` on a host of
+//!    that architecture). If not, it reads past it, and the controller,
+//!    which waits for the line and sends nothing else meanwhile, writes
+//!    [`blob_header`] and the agent binary for that architecture and codec.
 //! 4. The stage reads exactly that many bytes, execs the agent from memory,
 //!    and the agent writes its hello behind `spindle_protocol::HELLO_MAGIC`.
-//!    Until then the controller sends nothing, so no stage ever reads past
-//!    what is meant for it.
+//!    Until then the controller sends nothing more, so no stage ever reads
+//!    past what is meant for it.
 
 #![forbid(unsafe_code)]
 
@@ -40,15 +44,44 @@ pub fn command_argv(python: Option<&str>) -> Vec<String> {
     }
 }
 
+/// An xz-compressed agent written right behind the stage lines, before
+/// the stage has said what it needs: a host of that architecture whose
+/// Python has `lzma` runs it without waiting a round trip for the
+/// announcement (and says so: [`BootLine::ahead`]); any other stage reads
+/// past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ahead<'a> {
+    /// Its architecture, as a [`BootLine`] names it (`aarch64`, not
+    /// `arm64`).
+    pub arch: &'a str,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
 /// The lines to write on stdin immediately after starting [`command_line`]
-/// with the same `python` argument.
-pub fn stdin_preamble(python: Option<&str>) -> Vec<u8> {
+/// with the same `python` argument; with `ahead`, that agent must follow
+/// them.
+///
+/// # Panics
+/// If `ahead` names an architecture that is not a plain word
+/// (`[a-z0-9_]`): it is written into the stages' code.
+pub fn stdin_preamble(python: Option<&str>, ahead: Option<Ahead<'_>>) -> Vec<u8> {
+    if let Some(a) = ahead {
+        assert!(
+            !a.arch.is_empty()
+                && a.arch
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "architecture {:?}",
+            a.arch
+        );
+    }
     let mut out = Vec::new();
     if python.is_none() {
-        out.extend_from_slice(shell_stage().as_bytes());
+        out.extend_from_slice(shell_stage(ahead.map_or(0, |a| a.len)).as_bytes());
         out.push(b'\n');
     }
-    out.extend_from_slice(python_stage().as_bytes());
+    out.extend_from_slice(python_stage(ahead).as_bytes());
     out.push(b'\n');
     out
 }
@@ -93,6 +126,8 @@ pub struct BootLine {
     /// Normalised architecture: `x86_64` or `aarch64` (`arm64` is mapped).
     pub arch: String,
     pub codec: Codec,
+    /// The stage runs the agent sent ahead ([`Ahead`]): send it nothing more.
+    pub ahead: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -125,15 +160,22 @@ impl BootLine {
             "raw" => Codec::Raw,
             _ => return Err(bad()),
         };
+        let ahead = match words.next() {
+            None => false,
+            Some("ahead") => true,
+            Some(_) => return Err(bad()),
+        };
         Ok(Some(BootLine {
             arch: arch.to_owned(),
             codec,
+            ahead,
         }))
     }
 }
 
-/// Reads one line from stdin with a buffered reader. Buffering is safe here:
-/// at this point only the Python stage line itself is in the pipe.
+/// Reads one line from stdin with a buffered reader, which may take in the
+/// start of an agent sent ahead too: the Python stage reads on through the
+/// same reader.
 const PY_ONE_LINER: &str = "import sys;exec(sys.stdin.buffer.readline())";
 
 /// Reads one line byte by byte (as every POSIX shell's `read` does on a pipe)
@@ -143,10 +185,15 @@ const SH_ONE_LINER: &str = "read -r l;eval \"$l\"";
 const PY_STAGE: &str = include_str!("stage.py");
 const SH_STAGE: &str = include_str!("stage.sh");
 
-/// The Python stage as one line: `exec("...")` with the source escaped.
-pub fn python_stage() -> String {
+/// The Python stage as one line: `exec("...")` with the source escaped,
+/// behind the assignment of `ahead`.
+fn python_stage(ahead: Option<Ahead<'_>>) -> String {
+    let ahead = match ahead {
+        Some(a) => format!("ahead = ({}, \"{}\")", a.len, a.arch),
+        None => "ahead = None".to_owned(),
+    };
     let mut out = String::from("exec(\"");
-    for line in PY_STAGE.lines() {
+    for line in std::iter::once(ahead.as_str()).chain(PY_STAGE.lines()) {
         let code = line.trim_end();
         if code.trim_start().starts_with('#') || code.is_empty() {
             continue;
@@ -164,13 +211,19 @@ pub fn python_stage() -> String {
     out
 }
 
-/// The shell stage as one line: comments dropped, lines joined (every line of
-/// the source ends in `;`, `do`, `then` or similar, so joining is safe).
-pub fn shell_stage() -> String {
-    SH_STAGE
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+/// The shell stage as one line, behind the assignment of `ahead` (the
+/// length of the agent sent ahead, 0 for none): comments dropped, lines
+/// joined (every line of the source ends in `;`, `do`, `then` or similar,
+/// so joining is safe).
+fn shell_stage(ahead: usize) -> String {
+    std::iter::once(format!("ahead={ahead};"))
+        .chain(
+            SH_STAGE
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        )
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -211,13 +264,33 @@ mod tests {
 
     #[test]
     fn stages_are_single_lines() {
-        let pre = stdin_preamble(None);
-        assert_eq!(pre.iter().filter(|&&b| b == b'\n').count(), 2);
-        assert_eq!(
-            stdin_preamble(Some("python3")),
-            format!("{}\n", python_stage()).into_bytes()
+        let ahead = Ahead {
+            arch: "x86_64",
+            len: 1234,
+        };
+        for a in [None, Some(ahead)] {
+            let pre = stdin_preamble(None, a);
+            assert_eq!(pre.iter().filter(|&&b| b == b'\n').count(), 2);
+            assert_eq!(
+                stdin_preamble(Some("python3"), a),
+                format!("{}\n", python_stage(a)).into_bytes()
+            );
+        }
+        assert!(!shell_stage(0).contains('#'));
+        assert!(shell_stage(1234).starts_with("ahead=1234; "));
+        assert!(python_stage(Some(ahead)).starts_with(r#"exec("ahead = (1234, \"x86_64\")\n"#));
+    }
+
+    #[test]
+    #[should_panic(expected = "architecture")]
+    fn ahead_architecture_must_be_a_word() {
+        stdin_preamble(
+            None,
+            Some(Ahead {
+                arch: "x86\"; rm",
+                len: 1,
+            }),
         );
-        assert!(!shell_stage().contains('#'));
     }
 
     #[test]
@@ -227,9 +300,17 @@ mod tests {
             BootLine::parse("SPINDLE-BOOT1 x86_64 xz\r"),
             Ok(Some(BootLine {
                 arch: "x86_64".into(),
-                codec: Codec::Xz
+                codec: Codec::Xz,
+                ahead: false,
             }))
         );
+        assert!(
+            BootLine::parse("SPINDLE-BOOT1 x86_64 xz ahead")
+                .unwrap()
+                .unwrap()
+                .ahead
+        );
+        assert!(BootLine::parse("SPINDLE-BOOT1 x86_64 xz later").is_err());
         assert_eq!(
             BootLine::parse("SPINDLE-BOOT1 arm64 raw")
                 .unwrap()
@@ -261,7 +342,13 @@ mod tests {
             .spawn()
             .expect("python3 is needed to check the stage");
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(&stdin_preamble(Some("python3"))).unwrap();
+        let ahead = Ahead {
+            arch: "x86_64",
+            len: 1,
+        };
+        stdin
+            .write_all(&stdin_preamble(Some("python3"), Some(ahead)))
+            .unwrap();
         drop(stdin);
         assert!(child.wait().unwrap().success());
     }

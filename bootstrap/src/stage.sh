@@ -1,8 +1,13 @@
 # Spindle bootstrap, shell stage. Sent on stdin as one line (comments and
-# line breaks are removed) and run by `/bin/sh -c 'read -r l;eval "$l"'`.
-# With a Python 3 it execs the Python stage, which the controller has already
-# sent as the next line. Without one it discards that line, announces the
-# architecture with the `raw` codec, reads the uncompressed agent with
+# line breaks are removed) and run by `/bin/sh -c 'read -r l;eval "$l"'`;
+# `ahead=N;` is set in front of it: the length of a compressed agent the
+# controller sent behind the next line before hearing from the stage (0 for
+# none). With a Python 3 it execs the Python stage, which the controller has
+# already sent as the next line. Without one it discards that line and the
+# agent sent ahead (before announcing: `head` may read past what it is
+# asked for, and nothing else is in the pipe until the announcement),
+# announces the architecture with the `raw` codec, reads the uncompressed
+# agent with
 # `head -c` into a fresh private directory that allows exec, and runs it with
 # `--unlink`, so the agent removes its file before doing anything else.
 for p in python3 /usr/libexec/platform-python; do
@@ -11,6 +16,7 @@ for p in python3 /usr/libexec/platform-python; do
   fi;
 done;
 read -r _;
+if [ "$ahead" -gt 0 ]; then head -c "$ahead" >/dev/null || exit 1; fi;
 printf '\nSPINDLE-BOOT1 %s raw\n' "$(uname -m)";
 read -r n;
 umask 077;

@@ -31,6 +31,9 @@ pub struct AgentStore {
     dir: PathBuf,
     manifest: Manifest,
     cache: Mutex<HashMap<CacheKey, Arc<Vec<u8>>>>,
+    /// What the last bootstrap stage announced (of an architecture with an
+    /// agent).
+    last_stage: Mutex<Option<(String, Codec)>>,
 }
 
 impl AgentStore {
@@ -51,6 +54,7 @@ impl AgentStore {
             dir,
             manifest,
             cache: Mutex::default(),
+            last_stage: Mutex::default(),
         })
     }
 
@@ -94,6 +98,30 @@ impl AgentStore {
             Error::Local(format!("no agent is built for the {arch} architecture"))
         })?;
         Ok(self.dir.join(&entry.raw))
+    }
+
+    /// The architecture whose compressed agent the next bootstrap stage
+    /// most likely runs: the last stage's (fleets are mostly of one kind),
+    /// this machine's before any; none after a stage that could not
+    /// decompress (no Python or no `lzma`: the next one likely cannot
+    /// either).
+    pub fn expected_arch(&self) -> Option<String> {
+        let last = self.last_stage.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            None => Some(std::env::consts::ARCH.to_owned()),
+            Some((arch, Codec::Xz)) => Some(arch.clone()),
+            Some((_, Codec::Raw)) => None,
+        }
+    }
+
+    /// Notes what a bootstrap stage announced; an architecture without an
+    /// agent is not remembered (that host fails to connect).
+    pub fn announced(&self, arch: &str, codec: Codec) {
+        if !self.manifest.agents.contains_key(arch) {
+            return;
+        }
+        let mut last = self.last_stage.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some((arch.to_owned(), codec));
     }
 
     /// The agent for `arch`, encoded as `codec` asks.

@@ -21,7 +21,7 @@ use crate::agents::AgentStore;
 use crate::error::{Error, Result};
 use crate::members::Held;
 use crate::transport::{Destination, Transport};
-use spindle_bootstrap::BootLine;
+use spindle_bootstrap::{Ahead, BootLine, Codec};
 use spindle_protocol::{
     frame, Blob, Call, Code, FromAgent, Hello, LogLevel, Reply, RequestId, StreamKind, ToAgent,
     WireError, HELLO_MAGIC, WINDOW,
@@ -696,10 +696,13 @@ impl<C: Call> Drop for Pending<C> {
     }
 }
 
-/// Runs the bootstrap handshake. Returns the hello and any bytes read past
-/// it (the start of the next frames).
 /// Runs the bootstrap stage and sends it the agent it asks for; returns
 /// what was read past the boot line.
+///
+/// The compressed agent the next stage most likely runs
+/// ([`AgentStore::expected_arch`]) goes right behind the stage lines: a
+/// stage that can run it does so without waiting a round trip for its
+/// announcement, and it travels while ssh and the stage start.
 async fn bootstrap(
     stdin: &mut ChildStdin,
     stdout: &mut ChildStdout,
@@ -707,17 +710,76 @@ async fn bootstrap(
     agents: &AgentStore,
 ) -> std::result::Result<Vec<u8>, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    stdin
-        .write_all(&spindle_bootstrap::stdin_preamble(python))
-        .await
+    let arch = agents.expected_arch();
+    let sent = arch
+        .as_deref()
+        .and_then(|arch| Some((arch, agents.binary(arch, Codec::Xz).ok()?)));
+    let ahead = sent.as_ref().map(|(arch, blob)| Ahead {
+        arch,
+        len: blob.len(),
+    });
+    let (boot, buf) = {
+        let send = async {
+            stdin
+                .write_all(&spindle_bootstrap::stdin_preamble(python, ahead))
+                .await?;
+            if let Some((_, blob)) = &sent {
+                stdin.write_all(blob).await?;
+            }
+            stdin.flush().await
+        };
+        // Read while writing: a stage that prints much before it reads
+        // must not stall both sides. The stage's words decide: a bad boot
+        // line or its end is the error even while the agent is still on its
+        // way, and a failed write only once the stage has answered.
+        let scan = boot_line(stdout);
+        tokio::pin!(send, scan);
+        let mut sending = None;
+        let scanned = loop {
+            tokio::select! {
+                scanned = &mut scan => break scanned?,
+                done = &mut send, if sending.is_none() => sending = Some(done),
+            }
+        };
+        match sending {
+            Some(done) => done,
+            None => send.await,
+        }
         .map_err(|e| io("sending the bootstrap stage", e))?;
+        scanned
+    };
+    tracing::debug!(arch = %boot.arch, codec = ?boot.codec, ahead = boot.ahead, "stage ready");
+    agents.announced(&boot.arch, boot.codec);
+    if boot.ahead {
+        if ahead.is_none() {
+            return Err("the bootstrap stage took an agent that was not sent".into());
+        }
+        return Ok(buf);
+    }
+
+    // Send the agent it asked for.
+    let blob = agents
+        .binary(&boot.arch, boot.codec)
+        .map_err(|e| e.to_string())?;
+    stdin
+        .write_all(&spindle_bootstrap::blob_header(blob.len()))
+        .await
+        .map_err(|e| io("sending the agent", e))?;
+    stdin
+        .write_all(&blob)
+        .await
+        .map_err(|e| io("sending the agent", e))?;
     stdin
         .flush()
         .await
-        .map_err(|e| io("sending the bootstrap stage", e))?;
+        .map_err(|e| io("sending the agent", e))?;
+    Ok(buf)
+}
 
+/// Finds the stage's boot line, skipping whatever the shell printed first;
+/// returns it with what was read past it.
+async fn boot_line(stdout: &mut ChildStdout) -> std::result::Result<(BootLine, Vec<u8>), String> {
     let mut buf = Vec::with_capacity(8192);
-    // 1. Find the boot line, skipping whatever the shell printed first.
     let boot = loop {
         if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();
@@ -739,25 +801,7 @@ async fn bootstrap(
             .await
             .map_err(|e| format!("bootstrap stage ended: {e}"))?;
     };
-    tracing::debug!(arch = %boot.arch, codec = ?boot.codec, "stage ready");
-
-    // 2. Send the agent it asked for.
-    let blob = agents
-        .binary(&boot.arch, boot.codec)
-        .map_err(|e| e.to_string())?;
-    stdin
-        .write_all(&spindle_bootstrap::blob_header(blob.len()))
-        .await
-        .map_err(|e| io("sending the agent", e))?;
-    stdin
-        .write_all(&blob)
-        .await
-        .map_err(|e| io("sending the agent", e))?;
-    stdin
-        .flush()
-        .await
-        .map_err(|e| io("sending the agent", e))?;
-    Ok(buf)
+    Ok((boot, buf))
 }
 
 /// Finds the hello magic (after whatever `buf` and the stream hold first),

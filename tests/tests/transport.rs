@@ -443,6 +443,87 @@ async fn bootstrap_with_each_python_and_without() -> Result<()> {
     Ok(())
 }
 
+/// The compressed agent sent right behind the stage lines: a host of its
+/// architecture runs it, so one agent crosses the link; a stage expecting
+/// another reads past it and gets the one it announces, and the next
+/// bootstrap sends that architecture's ahead. (Holds sp3's lock: it counts
+/// the bytes sent to the host. Every test of this file that reaches sp3
+/// holds it; test binaries run one at a time.)
+#[tokio::test]
+async fn agent_sent_ahead_is_run_or_read_past() -> Result<()> {
+    use spindle_bootstrap::Codec;
+    let tb = Testbed::load()?;
+    let th = tb.host("sp3")?;
+    let _lock = th.lock()?;
+    let arch = std::env::consts::ARCH;
+    let other = if arch == "x86_64" {
+        "aarch64"
+    } else {
+        "x86_64"
+    };
+    let store = spindle_tests::agents()?;
+    let own_len = store.binary(arch, Codec::Xz)?.len() as u64;
+    let other_len = store.binary(other, Codec::Xz)?.len() as u64;
+    // What else a bootstrap sends: ssh's handshake, the stage lines, TCP's
+    // own bytes; well under a third of an agent.
+    let slack = own_len / 3;
+
+    // Expecting this machine's architecture, as a fresh controller does.
+    assert_eq!(store.expected_arch().as_deref(), Some(arch));
+    let controller = spindle_controller::Controller::new(store);
+    let before = tx_bytes(&th.veth)?;
+    let host = controller.host(tb.target("sp3", None));
+    assert_eq!(stdout(&host, "echo ok").await, "ok\n");
+    let sent = tx_bytes(&th.veth)? - before;
+    assert!(
+        (own_len..own_len + slack).contains(&sent),
+        "{sent} bytes sent for a {own_len}-byte agent"
+    );
+
+    // Expecting another architecture: both agents cross the link.
+    let store = spindle_tests::agents()?;
+    store.announced(other, Codec::Xz);
+    let controller = spindle_controller::Controller::new(store);
+    let before = tx_bytes(&th.veth)?;
+    let host = controller.host(tb.target("sp3", None));
+    assert_eq!(stdout(&host, "echo ok").await, "ok\n");
+    assert_eq!(host.link().await?.hello().arch, arch);
+    let sent = tx_bytes(&th.veth)? - before;
+    let both = own_len + other_len;
+    assert!(
+        (both..both + slack).contains(&sent),
+        "{sent} bytes sent for agents of {other_len} and {own_len} bytes"
+    );
+
+    // The same controller now expects the architecture it was told (here
+    // through the Python stage alone: the interpreter is named).
+    let before = tx_bytes(&th.veth)?;
+    let host = controller.host(tb.target("sp3", Some("/usr/bin/python3")));
+    assert_eq!(stdout(&host, "echo ok").await, "ok\n");
+    let sent = tx_bytes(&th.veth)? - before;
+    assert!(
+        (own_len..own_len + slack).contains(&sent),
+        "{sent} bytes sent for a {own_len}-byte agent after a stage announced {arch}"
+    );
+
+    // After a stage that could not decompress, nothing is sent ahead; an
+    // architecture without an agent is not remembered.
+    let store = spindle_tests::agents()?;
+    store.announced(arch, Codec::Raw);
+    assert_eq!(store.expected_arch(), None);
+    store.announced("armv7l", Codec::Xz);
+    assert_eq!(store.expected_arch(), None);
+    store.announced(other, Codec::Xz);
+    assert_eq!(store.expected_arch().as_deref(), Some(other));
+    Ok(())
+}
+
+/// Bytes this machine has sent to a host: its veth end's counter.
+fn tx_bytes(veth: &str) -> Result<u64> {
+    let v = std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/tx_bytes"))?;
+    Ok(v.trim().parse()?)
+}
+
 #[tokio::test]
 async fn unreachable_hosts_are_reported_as_such() -> Result<()> {
     let tb = Testbed::load()?;
