@@ -273,3 +273,9 @@ pub fn peak_rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
+
+/// Bytes this machine has sent to a host: its veth end's counter.
+pub fn tx_bytes(veth: &str) -> Result<u64> {
+    let v = std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/tx_bytes"))?;
+    Ok(v.trim().parse()?)
+}

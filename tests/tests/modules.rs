@@ -11,7 +11,7 @@ use serde_json::Value;
 use spindle_controller::protocol::ModuleEntry;
 use spindle_controller::{BecomeSpec, Host, Module};
 use spindle_tests::playbook::{root, venv};
-use spindle_tests::Testbed;
+use spindle_tests::{tx_bytes, Testbed};
 use std::path::{Path, PathBuf};
 
 struct Record {
@@ -324,12 +324,6 @@ async fn become_account_gets_agent_and_bundles_on_the_host() -> Result<()> {
         "the bundle crossed again: {as_login} bytes"
     );
     Ok(())
-}
-
-/// Bytes this machine has sent to a host: its veth end's counter.
-fn tx_bytes(veth: &str) -> Result<u64> {
-    let v = std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/tx_bytes"))?;
-    Ok(v.trim().parse()?)
 }
 
 /// The oldest target Python the installed ansible-core supports (its

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use spindle_controller::protocol::{Exec, Put};
 use spindle_controller::Host;
-use spindle_tests::{peak_rss_kib, run_measuring_rss, sha256, Testbed};
+use spindle_tests::{peak_rss_kib, run_measuring_rss, sha256, tx_bytes, Testbed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -516,12 +516,6 @@ async fn agent_sent_ahead_is_run_or_read_past() -> Result<()> {
     store.announced(other, Codec::Xz);
     assert_eq!(store.expected_arch().as_deref(), Some(other));
     Ok(())
-}
-
-/// Bytes this machine has sent to a host: its veth end's counter.
-fn tx_bytes(veth: &str) -> Result<u64> {
-    let v = std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/tx_bytes"))?;
-    Ok(v.trim().parse()?)
 }
 
 #[tokio::test]
