@@ -401,6 +401,75 @@ async fn put_into_missing_directory_is_a_clear_error() {
     assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
 }
 
+/// A put that fills its file system fails with the system's own words and
+/// leaves the destination as it was: no partial file, no hidden temporary
+/// file, an existing file untouched. The connection stays usable. A fetch
+/// onto a full file system here does the same.
+#[tokio::test]
+async fn full_file_system_fails_puts_and_fetches_cleanly() {
+    let host = local(None);
+    let dir = tempdir();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "spindle-full", &dir])
+        .status()
+        .expect("mount runs");
+    assert!(mount.success(), "mounting a small tmpfs (needs root)");
+    struct Unmount<'a>(&'a str);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _unmount = Unmount(&dir);
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let big = vec![7u8; 1 << 20];
+    let fresh = format!("{dir}/fresh");
+    let err = host
+        .put(&big[..], big.len() as u64, Put::new(fresh.clone()))
+        .await
+        .unwrap_err();
+    assert!(!err.is_unreachable(), "{err}");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(listing().is_empty(), "{:?}", listing());
+
+    let kept = format!("{dir}/kept");
+    std::fs::write(&kept, b"old contents\n").unwrap();
+    let err = host
+        .put(&big[..], big.len() as u64, Put::new(kept.clone()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert_eq!(listing(), ["kept"]);
+    assert_eq!(std::fs::read(&kept).unwrap(), b"old contents\n");
+
+    // The same host goes on serving: a small put fits.
+    host.put(&b"small\n"[..], 6, Put::new(kept.clone()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&kept).unwrap(), b"small\n");
+    assert_eq!(listing(), ["kept"]);
+
+    // The same on this side: a fetch into the full file system.
+    let source = tempdir();
+    std::fs::write(format!("{source}/big"), &big).unwrap();
+    let err = host
+        .fetch_file(&format!("{source}/big"), std::path::Path::new(&kept))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert_eq!(listing(), ["kept"]);
+    assert_eq!(std::fs::read(&kept).unwrap(), b"small\n");
+    std::fs::remove_dir_all(&source).unwrap();
+}
+
 /// A shortcut has its command's effect without running it; where it
 /// cannot be sure of that, the command runs instead.
 #[tokio::test]
