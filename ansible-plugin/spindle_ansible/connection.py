@@ -438,6 +438,9 @@ class Connection(ConnectionBase):
         # on. So are modules Ansible runs from a file.
         tty = not in_data and sudoable and self._use_tty()
         term = {"TERM": os.environ["TERM"]} if tty and os.environ.get("TERM") else {}
+        # The command as Ansible asked for it, as the ssh plugin shows it;
+        # a module's line is followed by how Spindle runs it instead.
+        display.vvv("SPINDLE: EXEC %s%s" % (cmd, as_user), host=self._host())
         if module is not None:
             python, env, parts = module
             display.vvv("SPINDLE: MODULE %s WITH %s%s" % (parts["fqn"], python, as_user), host=self._host())
@@ -447,7 +450,6 @@ class Connection(ConnectionBase):
             request = {"op": "module", "python": python, "env": dict(term, **env), "module": parts}
             request["retire_users"] = _accounts_changed(parts)
         else:
-            display.vvv("SPINDLE: EXEC %s%s" % (cmd, as_user), host=self._host())
             request = {"op": "exec", "cmd": cmd, "stdin": _client.b64(in_data) if in_data else None}
             if term:
                 request["env"] = term

@@ -317,11 +317,34 @@ fn fast_paths_are_taken() -> Result<()> {
     ] {
         anyhow::ensure!(text.contains(needle), "no {what} in:\n{text}");
     }
-    let waiting: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("SPINDLE: EXEC") || l.contains("SPINDLE: PUT"))
-        .filter(|l| !l.ends_with("(not waiting)"))
+    // A module's EXEC line is followed by its MODULE line: it runs in a
+    // warm interpreter, one round trip as it must.
+    let lines: Vec<&str> = text.lines().collect();
+    let waiting: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("SPINDLE: EXEC") || l.contains("SPINDLE: PUT"))
+        .filter(|(_, l)| !l.ends_with("(not waiting)"))
+        .filter(|(i, _)| {
+            !lines
+                .get(i + 1)
+                .is_some_and(|n| n.contains("SPINDLE: MODULE"))
+        })
+        .map(|(_, l)| *l)
         .collect();
+    // Each module's line follows the command Ansible asked for, as the ssh
+    // plugin shows it: its interpreter run by the shell.
+    for (i, line) in lines.iter().enumerate() {
+        let Some((_, python)) = line.split_once("SPINDLE: MODULE ") else {
+            continue;
+        };
+        let python = python.split(" WITH ").nth(1).unwrap_or_default();
+        let exec = i.checked_sub(1).map(|p| lines[p]).unwrap_or_default();
+        anyhow::ensure!(
+            exec.contains("SPINDLE: EXEC /bin/sh -c '") && exec.contains(python),
+            "no EXEC line with {python} before {line:?}"
+        );
+    }
     // Interpreter discovery is answered from the hello, without a line.
     anyhow::ensure!(
         waiting.is_empty(),

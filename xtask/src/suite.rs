@@ -77,6 +77,14 @@ const TARGETS: &[(&str, Footprint)] = &[
     ("become_su", Own),
     ("become_sudo", Own),
     ("become_unprivileged", Own),
+    ("shell", Shared),
+    ("interpreter_discovery_python", Shared),
+    ("ansiballz_python", Own),
+    ("module_utils_common.respawn", Own),
+    ("module-serialization-profiles", Own),
+    ("async_extra_data", Own),
+    ("embedded_module", Own),
+    ("wait_for_connection", Shared),
 ];
 
 /// What a target touches beyond its hosts, which decides its lane.
@@ -134,7 +142,8 @@ pub struct Args {
     /// the controller itself share its home and /tmp.)
     #[arg(long)]
     spindle_only: bool,
-    /// Write the stock side's outcomes into that record.
+    /// Write the stock side's outcomes into that record (the targets run
+    /// replace their lines; the others are kept).
     #[arg(long, conflicts_with = "spindle_only")]
     record: bool,
 }
@@ -375,14 +384,27 @@ pub fn run(args: Args) -> Result<()> {
              # (controller Python {controller_python}), written by its --record.\n\
              # target\tverdict\tseconds\tssh logins\n"
         );
+        // The targets run now replace their lines; the others keep theirs.
+        let mut lines: Vec<(String, String)> = std::fs::read_to_string(record_file(&version))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| (l.split('\t').next().unwrap_or("").to_owned(), l.to_owned()))
+            .collect();
         for (target, r) in &rows {
-            let _ = writeln!(
-                text,
+            let line = format!(
                 "{target}\t{}\t{:.1}\t{}",
                 verdict(&r[0]),
                 r[0].seconds,
                 r[0].logins
             );
+            match lines.iter_mut().find(|(t, _)| t == target) {
+                Some(old) => old.1 = line,
+                None => lines.push((target.clone(), line)),
+            }
+        }
+        for (_, line) in &lines {
+            let _ = writeln!(text, "{line}");
         }
         std::fs::create_dir_all(record_file(&version).parent().expect("has a parent"))?;
         std::fs::write(record_file(&version), text)?;
