@@ -14,6 +14,7 @@ const BUILD_ID: &str = match option_env!("SPINDLE_BUILD_ID") {
 /// Interpreter names and paths probed, best first: the same order Ansible's
 /// interpreter discovery falls back through, so `auto` picks alike.
 const PYTHONS: &[&str] = &[
+    "python3.15",
     "python3.14",
     "python3.13",
     "python3.12",

@@ -44,6 +44,8 @@ const RUNNER: &str = include_str!(concat!(env!("OUT_DIR"), "/runner.py"));
 /// interpreter may not exceed the socket's send buffer (about 200 KiB by
 /// default).
 const PARAMS_INLINE_MAX: usize = 64 << 10;
+/// The same for the secrets among them.
+const SECRETS_INLINE_MAX: usize = 16 << 10;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -646,18 +648,36 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         [tty] => vec![tty.as_raw_fd(); 3],
         _ => ends.iter().map(AsRawFd::as_raw_fd).collect(),
     };
-    // Arguments too large for one packet to the interpreter travel in a
-    // memory file of their own, passed after the task's streams.
-    let params_file = if req.params.len() > PARAMS_INLINE_MAX {
-        let mut file =
-            sys::memfd(c"spindle-params").map_err(|e| io_error("creating a memory file", e))?;
-        file.write_all(req.params.as_bytes())
-            .map_err(|e| io_error("storing the module's arguments", e))?;
-        fds.push(file.as_raw_fd());
-        Some(file)
-    } else {
-        None
+    // Arguments (and the secrets among them, which grow with them) too
+    // large for one packet to the interpreter travel in memory files of
+    // their own, passed after the task's streams: the arguments' first.
+    let in_file = |text: &str, name: &std::ffi::CStr, what: &str| {
+        let mut file = sys::memfd(name).map_err(|e| io_error("creating a memory file", e))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| io_error(what, e))?;
+        Ok::<_, WireError>(file)
     };
+    let params_file = (req.params.len() > PARAMS_INLINE_MAX)
+        .then(|| {
+            in_file(
+                &req.params,
+                c"spindle-params",
+                "storing the module's arguments",
+            )
+        })
+        .transpose()?;
+    let secrets_file = (req.secrets.as_deref())
+        .filter(|s| s.len() > SECRETS_INLINE_MAX)
+        .map(|s| in_file(s, c"spindle-secrets", "storing the module's secrets"))
+        .transpose()?;
+    let params_fd = params_file.as_ref().map(|f| {
+        fds.push(f.as_raw_fd());
+        fds.len() - 1
+    });
+    let secrets_fd = secrets_file.as_ref().map(|f| {
+        fds.push(f.as_raw_fd());
+        fds.len() - 1
+    });
     // As a fresh login would see it, then the task's own variables.
     let login = login_env::delta();
     let env: Vec<(&str, &str)> = login
@@ -680,21 +700,21 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
         .str("hash", &req.code.hash)
         .str("entry", entry)
         .str("fqn", &req.fqn)
-        .str(
-            "params",
-            if params_file.is_some() {
-                ""
-            } else {
-                &req.params
-            },
-        );
-    if params_file.is_some() {
-        msg.num("params_fd", 3);
+        .str("params", if params_fd.is_some() { "" } else { &req.params });
+    if let Some(fd) = params_fd {
+        msg.num("params_fd", fd as u64);
     }
-    // The extensions' JSON text, which the runner reads.
+    if let Some(fd) = secrets_fd {
+        msg.num("secrets_fd", fd as u64);
+    }
+    // The extensions' and secrets' JSON text, which the runner reads.
     let msg = msg
         .opt_str("profile", req.profile.as_deref())
         .opt_str("extensions", req.extensions.as_deref())
+        .opt_str(
+            "secrets",
+            req.secrets.as_deref().filter(|_| secrets_fd.is_none()),
+        )
         .num("rlimit_nofile", req.rlimit_nofile)
         .map("env", env.iter().copied())
         .list("unset", unset)
@@ -704,7 +724,7 @@ pub fn run(id: RequestId, mut req: RunModule, control: &Control) -> Result<ExecR
     let (tx, rx) = mpsc::sync_channel(2);
     lock(&z.waiters).insert(id, tx);
     let sent = z.send(&msg, &fds);
-    drop((ends, params_file));
+    drop((ends, params_file, secrets_file));
     if let Err(e) = sent {
         lock(&z.waiters).remove(&id);
         return Err(e);

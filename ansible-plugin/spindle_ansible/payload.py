@@ -5,7 +5,8 @@ uses the module) and what belongs to one task (its arguments).
 Works on the wrappers of ansible-core 2.17 (a formatted template with
 ``ZIPDATA`` and ``ANSIBALLZ_PARAMS``) and 2.19 and later (a call
 ``_ansiballz_main(name=value, ...)`` at the end of the file). Values are
-read with ``ast.literal_eval``, never evaluated.
+read with ``ast.literal_eval``, never evaluated (2.22's ``secrets``, a
+``frozenset(...)`` of strings, by reading the set inside the same way).
 
 Command line (for tools and tests)::
 
@@ -35,8 +36,9 @@ def split(payload):
     """Returns a dict: ``zip_b64`` (bytes: the zip in base64, as the
     wrapper carries it), ``entry`` (``runpy`` or
     ``loader``), ``fqn``, ``params`` (JSON text), ``profile``,
-    ``extensions`` (JSON text or None), ``rlimit_nofile`` and
-    ``module_name``."""
+    ``extensions`` (JSON text or None), ``secrets`` (JSON text of a list
+    of strings, or None: only 2.22's wrapper has them), ``rlimit_nofile``
+    and ``module_name``."""
     if b"_ANSIBALLZ_WRAPPER" not in payload and b"def _ansiballz_main" not in payload:
         raise NotAnsiballZ("not an AnsiballZ wrapper")
     if _CALL in payload:
@@ -74,7 +76,7 @@ def _split_loader(payload):
             continue  # only stamps a file the stock wrapper adds to the zip
         if name == "zip_data":
             plain = None
-        kw[name] = _literal(value[:-1])
+        kw[name] = _secrets(value[:-1]) if name == "secrets" else _literal(value[:-1])
     missing = {"zip_data", "module_fqn", "params", "profile"} - set(kw)
     if missing:
         raise NotAnsiballZ("wrapper call lacks %s" % ", ".join(sorted(missing)))
@@ -86,6 +88,7 @@ def _split_loader(payload):
         "params": kw["params"],
         "profile": kw["profile"],
         "extensions": json.dumps(extensions) if extensions else None,
+        "secrets": json.dumps(kw["secrets"]) if "secrets" in kw else None,
         "rlimit_nofile": int(kw.get("rlimit_nofile") or 0),
         "module_name": kw.get("ansible_module"),
     }
@@ -113,6 +116,18 @@ def _literal(text):
         return ast.literal_eval(text.decode("utf-8"))
     except (ValueError, SyntaxError, UnicodeDecodeError) as e:
         raise NotAnsiballZ("unexpected value in the wrapper call: %r" % text[:80]) from e
+
+
+def _secrets(text):
+    """The strings of `frozenset()` or `frozenset({'a', ...})` (bytes of
+    UTF-8 source), sorted: the wrapper's set as a list."""
+    if not (text.startswith(b"frozenset(") and text.endswith(b")")):
+        raise NotAnsiballZ("unexpected secrets in the wrapper call: %r" % text[:80])
+    inner = text[len(b"frozenset(") : -1].strip()
+    value = _literal(inner) if inner else set()
+    if not isinstance(value, set) or not all(isinstance(s, str) for s in value):
+        raise NotAnsiballZ("unexpected secrets in the wrapper call: %r" % text[:80])
+    return sorted(value)
 
 
 def _b64_text(value):
@@ -149,6 +164,7 @@ def _split_runpy(payload):
         "params": params,
         "profile": None,
         "extensions": None,
+        "secrets": None,
         "rlimit_nofile": int(limit.group(1)) if limit else 0,
         "module_name": _literal(name.group(1)) if name else None,
     }

@@ -158,6 +158,8 @@ pub struct Module {
     pub params: String,
     pub profile: Option<String>,
     pub extensions: Option<String>,
+    /// JSON array of the secret strings in the arguments.
+    pub secrets: Option<String>,
     pub rlimit_nofile: u64,
     /// Directory to run in; `None` leaves the agent's own.
     pub cwd: Option<String>,
@@ -189,6 +191,7 @@ impl Module {
             params,
             profile: None,
             extensions: None,
+            secrets: None,
             rlimit_nofile: 0,
             cwd: None,
             pty: false,
@@ -457,6 +460,7 @@ impl Host {
             params: module.params.clone(),
             profile: module.profile.clone(),
             extensions: module.extensions.clone(),
+            secrets: module.secrets.clone(),
             rlimit_nofile: module.rlimit_nofile,
             env: env.clone(),
             timeout_ms: None,

@@ -425,6 +425,8 @@ fn split_payload(path: &std::path::Path) -> Result<spindle_controller::Module> {
         params: String,
         profile: Option<String>,
         extensions: Option<String>,
+        #[serde(default)]
+        secrets: Option<String>,
         rlimit_nofile: u64,
     }
     let s: Split = serde_json::from_slice(&out.stdout).context("reading the split payload")?;
@@ -434,6 +436,7 @@ fn split_payload(path: &std::path::Path) -> Result<spindle_controller::Module> {
     let mut m = spindle_controller::Module::new(zip, s.entry, s.fqn, s.params);
     m.profile = s.profile;
     m.extensions = s.extensions;
+    m.secrets = s.secrets;
     m.rlimit_nofile = s.rlimit_nofile;
     Ok(m)
 }

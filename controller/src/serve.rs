@@ -675,6 +675,7 @@ async fn handle(daemon: &Daemon, req: Value) -> Result<Value, Error> {
             );
             module.profile = m["profile"].as_str().map(str::to_owned);
             module.extensions = m["extensions"].as_str().map(str::to_owned);
+            module.secrets = m["secrets"].as_str().map(str::to_owned);
             module.rlimit_nofile = m["rlimit_nofile"].as_u64().unwrap_or(0);
             module.cwd = req["cwd"].as_str().map(str::to_owned);
             module.pty = req["pty"].as_bool().unwrap_or(false);

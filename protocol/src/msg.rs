@@ -507,6 +507,11 @@ pub struct RunModule {
     /// Wrapper extensions as a JSON object (`ModuleEntry::Loader` only).
     #[serde(default)]
     pub extensions: Option<String>,
+    /// Secret strings found in the arguments, as a JSON array, which the
+    /// module masks in what it reports (ansible-core 2.22's wrapper has
+    /// them; `ModuleEntry::Loader` only).
+    #[serde(default)]
+    pub secrets: Option<String>,
     /// Soft limit on open files the wrapper would set; 0 leaves it alone.
     #[serde(default)]
     pub rlimit_nofile: u64,

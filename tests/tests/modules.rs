@@ -103,6 +103,7 @@ fn split(payload: &Path) -> Result<Module> {
     );
     m.profile = s("profile");
     m.extensions = s("extensions");
+    m.secrets = s("secrets");
     m.rlimit_nofile = v["rlimit_nofile"].as_u64().unwrap_or(0);
     Ok(m)
 }

@@ -462,12 +462,16 @@ def run_module(req, path):
     fqn, params = req["fqn"], req["params"].encode("utf-8")
     if req["entry"] == "loader":
         from ansible.module_utils._internal._ansiballz import _loader
+        # Only wrappers that pass secrets (ansible-core 2.22) have a loader
+        # that takes them.
+        secrets = {} if req.get("secrets") is None else {"secrets": frozenset(req["secrets"])}
         _loader.run_module(
             json_params=params,
             profile=req["profile"],
             module_fqn=fqn,
             modlib_path=path,
             extensions=req.get("extensions") or {},
+            **secrets
         )
     else:
         import runpy
@@ -893,21 +897,28 @@ def handle(req, fds):
         changed()
         warm(path)
     elif op == "run":
-        if req.get("params_fd") is not None:
-            # Arguments too large for the message: in a memory file of
-            # their own, after the task's three streams.
-            fd = fds.pop(req["params_fd"])
-            try:
-                req["params"] = read_file(fd).decode("utf-8")
-            finally:
-                os.close(fd)
+        # Arguments and secrets too large for the message: in memory files
+        # of their own, after the task's three streams (the secrets' last,
+        # so it is taken first).
+        for key, name in (("secrets_fd", "secrets"), ("params_fd", "params")):
+            if req.get(key) is not None:
+                fd = fds.pop(req[key])
+                try:
+                    req[name] = read_file(fd).decode("utf-8")
+                finally:
+                    os.close(fd)
         try:
-            # The wrapper's extensions, as JSON text.
+            # The wrapper's extensions and secrets, as JSON text.
             req["extensions"] = json.loads(req.get("extensions") or "{}")
-        except ValueError as e:
+            if req.get("secrets") is not None:
+                secrets = json.loads(req["secrets"])
+                if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
+                    raise ValueError("not a list of strings")
+                req["secrets"] = secrets
+        except (TypeError, ValueError) as e:
             for fd in fds:
                 os.close(fd)
-            send("error", req["id"], message="the module's extensions are not JSON: %s" % e)
+            send("error", req["id"], message="the module's extensions or secrets are not JSON: %s" % e)
             return
         path = codes.get(req["hash"], (None, None))[0]
         if path is None:
