@@ -285,9 +285,26 @@ pub fn ansible_venv() -> Result<()> {
 /// targets under Spindle (`ansible-suite --spindle-only`).
 fn test(extra: &[String]) -> Result<()> {
     agents::build()?;
-    testbed_up()?;
-    ansible_venv()?;
-    let newest = ANSIBLE_NEWEST.install()?;
+    // The release controller, which the install test's wheel carries,
+    // compiles while the testbed and the venvs are set up.
+    let mut release = std::process::Command::new(env!("CARGO"))
+        .current_dir(agents::workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "spindle-controller",
+        ])
+        .spawn()?;
+    let setup = (|| {
+        testbed_up()?;
+        ansible_venv()?;
+        ANSIBLE_NEWEST.install()
+    })();
+    let built = release.wait()?;
+    let newest = setup?;
+    anyhow::ensure!(built.success(), "building the release controller failed");
     // The end-to-end tests drive the `spindle` binary too.
     cargo(&["build", "--quiet", "--package", "spindle-controller"])?;
     let mut args = vec!["test", "--workspace"];
